@@ -1,0 +1,153 @@
+//! Checks an answer against its request before the broker trusts it: a
+//! source is outside the broker's control, and a wrong answer must become a
+//! named error, not a wrong report.
+
+use std::collections::HashSet;
+
+use hedui_proto::v1::{FactKind, LookupRequest, LookupResponse};
+
+use crate::AdapterError;
+
+/// Largest number of facts accepted about one person in one answer.
+pub const MAX_FACTS_PER_PERSON: usize = 1_000;
+
+/// Checks that `response` answers `request`: every person asked about
+/// appears exactly once, nobody else appears, every fact has a value and an
+/// as-of time, and every fact is of a kind in `served` (when not empty) and
+/// in the kinds asked for (when the request names any).
+///
+/// # Errors
+/// [`AdapterError::Malformed`] naming the first problem found.
+pub fn check_answer(
+    request: &LookupRequest,
+    response: &LookupResponse,
+    served: &[FactKind],
+) -> Result<(), AdapterError> {
+    let asked: HashSet<&str> = request.person_ids.iter().map(String::as_str).collect();
+    let mut seen = HashSet::with_capacity(asked.len());
+    let wanted: Vec<FactKind> = request.fact_kinds().collect();
+    for answer in &response.answers {
+        let id = answer.person_id.as_str();
+        if !asked.contains(id) {
+            return Err(AdapterError::Malformed(
+                "answer about a person not asked about".into(),
+            ));
+        }
+        if !seen.insert(id) {
+            return Err(AdapterError::Malformed("a person is answered twice".into()));
+        }
+        if answer.facts.len() > MAX_FACTS_PER_PERSON {
+            return Err(AdapterError::Malformed(format!(
+                "{} facts about one person, at most {MAX_FACTS_PER_PERSON} accepted",
+                answer.facts.len()
+            )));
+        }
+        for fact in &answer.facts {
+            let Some(value) = &fact.value else {
+                return Err(AdapterError::Malformed("a fact has no value".into()));
+            };
+            if fact.as_of.is_none() {
+                return Err(AdapterError::Malformed("a fact has no as-of time".into()));
+            }
+            let kind = value.kind();
+            if !served.is_empty() && !served.contains(&kind) {
+                return Err(AdapterError::Malformed(format!(
+                    "fact of kind {} which the source does not serve",
+                    kind.as_str_name()
+                )));
+            }
+            if !wanted.is_empty() && !wanted.contains(&kind) {
+                return Err(AdapterError::Malformed(format!(
+                    "fact of kind {} which was not asked for",
+                    kind.as_str_name()
+                )));
+            }
+        }
+    }
+    if seen.len() != asked.len() {
+        return Err(AdapterError::Malformed(format!(
+            "{} of {} persons asked about are not answered",
+            asked.len() - seen.len(),
+            asked.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use hedui_proto::v1::{Fact, PersonAnswer, Vehicle, fact::Value};
+
+    use super::*;
+
+    fn request(ids: &[&str]) -> LookupRequest {
+        LookupRequest {
+            person_ids: ids.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn vehicle_fact() -> Fact {
+        Fact {
+            record_id: "r1".into(),
+            as_of: Some(prost_types::Timestamp::default()),
+            value: Some(Value::Vehicle(Vehicle::default())),
+        }
+    }
+
+    fn answer(id: &str, facts: Vec<Fact>) -> PersonAnswer {
+        PersonAnswer {
+            person_id: id.into(),
+            facts,
+        }
+    }
+
+    #[test]
+    fn accepts_a_complete_answer() {
+        let resp = LookupResponse {
+            answers: vec![answer("a", vec![vehicle_fact()]), answer("b", vec![])],
+            as_of: None,
+        };
+        check_answer(&request(&["a", "b"]), &resp, &[FactKind::Vehicle]).unwrap();
+    }
+
+    #[test]
+    fn refuses_missing_extra_and_duplicate_persons() {
+        let req = request(&["a", "b"]);
+        let missing = LookupResponse {
+            answers: vec![answer("a", vec![])],
+            as_of: None,
+        };
+        assert!(check_answer(&req, &missing, &[]).is_err());
+        let extra = LookupResponse {
+            answers: vec![
+                answer("a", vec![]),
+                answer("b", vec![]),
+                answer("c", vec![]),
+            ],
+            as_of: None,
+        };
+        assert!(check_answer(&req, &extra, &[]).is_err());
+        let twice = LookupResponse {
+            answers: vec![answer("a", vec![]), answer("a", vec![])],
+            as_of: None,
+        };
+        assert!(check_answer(&req, &twice, &[]).is_err());
+    }
+
+    #[test]
+    fn refuses_kinds_not_served_and_empty_facts() {
+        let req = request(&["a"]);
+        let resp = LookupResponse {
+            answers: vec![answer("a", vec![vehicle_fact()])],
+            as_of: None,
+        };
+        let err = check_answer(&req, &resp, &[FactKind::Dwelling]).unwrap_err();
+        assert!(err.to_string().contains("FACT_KIND_VEHICLE"), "{err}");
+        let empty = LookupResponse {
+            answers: vec![answer("a", vec![Fact::default()])],
+            as_of: None,
+        };
+        assert!(check_answer(&req, &empty, &[]).is_err());
+    }
+}

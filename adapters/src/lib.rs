@@ -1,0 +1,85 @@
+//! The hedui adapter SDK.
+//!
+//! A *source* is a department or a bank that knows part of what a household
+//! earns and owns. The broker talks to every source through an [`Adapter`]:
+//! a batch of person ids in, typed facts (`hedui.v1.Fact`) or a typed
+//! [`AdapterError`] out, plus a health check.
+//!
+//! # Layout
+//! - [`catalog`]: the sources as data: id, name, fact kinds (the 28 of
+//!   Dachuan are embedded; configuration may add more).
+//! - [`registry`]: builds adapters from configuration through one
+//!   [`registry::AdapterFactory`] per transport, registered explicitly.
+//! - [`grpc`]: the remote gRPC transport (the department serves
+//!   `hedui.v1.AdapterService`).
+//! - [`server`]: serves any [`Adapter`] as `hedui.v1.AdapterService`, for a
+//!   department that writes its adapter in Rust and for the simulated
+//!   agencies.
+//! - [`answer`]: checks an answer against its request before the broker
+//!   trusts it.
+
+pub mod answer;
+pub mod catalog;
+pub mod error;
+pub mod grpc;
+pub mod registry;
+pub mod server;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use hedui_proto::v1::{CheckResponse, LookupRequest, LookupResponse};
+use tokio::time::Instant;
+
+pub use error::AdapterError;
+
+/// What the broker knows about a lookup besides its request: the instant by
+/// which the answer must be in. Transports pass the time left on to the
+/// source (a gRPC deadline, an HTTP timeout, a statement timeout).
+#[derive(Debug, Clone)]
+pub struct LookupContext {
+    /// The instant after which the broker no longer waits.
+    pub deadline: Instant,
+}
+
+impl LookupContext {
+    /// A context whose deadline is `timeout` from now.
+    pub fn with_timeout(timeout: std::time::Duration) -> Self {
+        Self {
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// Time left to the deadline (zero once it has passed).
+    pub fn remaining(&self) -> std::time::Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// A source, as the broker sees it.
+///
+/// Implementations must be cheap to call concurrently: the broker shares
+/// one adapter between every verification in flight.
+#[async_trait]
+pub trait Adapter: Send + Sync + fmt::Debug {
+    /// The id of the source this adapter answers for (see [`catalog`]).
+    fn source_id(&self) -> &str;
+
+    /// Answers one lookup for a batch of persons.
+    ///
+    /// # Errors
+    /// An [`AdapterError`] saying why the source gave no usable answer; a
+    /// person the source does not know is not an error but an answer with
+    /// no facts.
+    async fn lookup(
+        &self,
+        ctx: &LookupContext,
+        request: LookupRequest,
+    ) -> Result<LookupResponse, AdapterError>;
+
+    /// Tells whether the source can answer now.
+    ///
+    /// # Errors
+    /// An [`AdapterError`] when the source cannot be asked at all.
+    async fn check(&self) -> Result<CheckResponse, AdapterError>;
+}
