@@ -124,6 +124,15 @@ impl Adapter for GrpcAdapter {
 /// source error, and are unavailability, not an error of the department.
 fn classify(status: &tonic::Status) -> AdapterError {
     use std::error::Error;
+    // The channel enforces `grpc-timeout` itself and reports its expiry as
+    // CANCELLED carrying `TimeoutExpired`: that is a timeout, not an outage.
+    let mut cause = status.source();
+    while let Some(e) = cause {
+        if e.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return AdapterError::Timeout;
+        }
+        cause = e.source();
+    }
     let transport_failure = status
         .source()
         .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
