@@ -1,0 +1,256 @@
+//! Assembling a broker from configuration, and the demo (the main job on
+//! embedded defaults).
+
+use std::{net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use hedui_adapters::{catalog::Catalog, registry::Registry};
+use hedui_mock_agencies::{
+    FaultConfig, GroundTruth, Population, SimulatedAgencies, SimulatedFactory, TruthPolicy,
+    sim::SimulatedParams,
+};
+use hedui_proto::v1::{
+    Purpose, VerificationRequest, VerifyRequest,
+    verification_service_client::VerificationServiceClient,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    config::Config,
+    render,
+    report::PolicySet,
+    server,
+    store::ReportStore,
+    verify::{Deadlines, SourceHandle, Verifier},
+};
+
+/// A broker assembled from configuration.
+#[derive(Debug)]
+pub struct Built {
+    /// The verifier every request shares.
+    pub verifier: Arc<Verifier>,
+    /// Handles of the sources on the `simulated` transport (counters and
+    /// fault injection); empty when none is simulated.
+    pub simulated: SimulatedAgencies,
+}
+
+/// The transports this broker knows: those of the adapter SDK (`grpc`) and
+/// the simulated agencies (`simulated`).
+pub fn registry() -> (Registry, SimulatedAgencies) {
+    let mut registry = Registry::with_builtin();
+    let factory = SimulatedFactory::new();
+    let agencies = factory.agencies();
+    registry.register(Box::new(factory));
+    (registry, agencies)
+}
+
+/// Builds the broker a configuration describes: adapters for its sources,
+/// the policies, the report store.
+///
+/// # Errors
+/// When a source cannot be built (naming it), a policy file is wrong, or
+/// the store cannot be opened.
+pub async fn build(config: &Config) -> anyhow::Result<Built> {
+    let (registry, simulated) = registry();
+    let catalog = Catalog::dachuan();
+    let sources = config
+        .resolve_sources(&catalog)
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let mut handles = Vec::with_capacity(sources.len());
+    for s in sources {
+        let adapter = registry
+            .build(&s.spec, &s.transport)
+            .with_context(|| format!("source {:?}", s.spec.id))?;
+        handles.push(SourceHandle {
+            spec: s.spec,
+            adapter,
+        });
+    }
+    let policies = match &config.policy.dir {
+        Some(dir) => PolicySet::load_dir(dir)?,
+        None => PolicySet::embedded(),
+    };
+    let store = ReportStore::open(&config.store.path)
+        .await
+        .with_context(|| format!("store.path {}", config.store.path.display()))?;
+    let deadlines = Deadlines {
+        default: Duration::from_millis(config.verification.default_deadline_ms),
+        max: Duration::from_millis(config.verification.max_deadline_ms),
+    };
+    Ok(Built {
+        verifier: Arc::new(Verifier::new(handles, policies, store, deadlines)),
+        simulated,
+    })
+}
+
+/// What `hedui demo` runs with.
+pub struct DemoOptions {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// SQLite file for reports.
+    pub store: PathBuf,
+    /// Households in the simulated population.
+    pub households: usize,
+    /// Keep serving after the reports are printed.
+    pub serve: bool,
+    /// Completes when the demo should stop serving.
+    pub shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl std::fmt::Debug for DemoOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoOptions")
+            .field("listen", &self.listen)
+            .field("store", &self.store)
+            .field("households", &self.households)
+            .field("serve", &self.serve)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The main job on embedded defaults: the broker with in-process simulated
+/// agencies and a SQLite report store, a few chosen households verified
+/// over its own gRPC API and printed, then serving until `shutdown`.
+///
+/// # Errors
+/// When the broker cannot start or a verification fails.
+pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    config.server.listen = options.listen;
+    config.store.path = options.store.clone();
+    config.simulation.insert(
+        "households".into(),
+        toml::Value::Integer(options.households as i64),
+    );
+    let built = build(&config).await?;
+
+    // The same population the simulated sources answer from.
+    let params: SimulatedParams =
+        hedui_adapters::registry::parse_params("simulated", &config.simulation)?;
+    let population = Population::shared(
+        &params
+            .population_config()
+            .map_err(|e| anyhow::anyhow!("simulation: {e}"))?,
+    );
+    let picks = population
+        .demo_picks(&TruthPolicy::dachuan_2018())
+        .context(
+            "the simulated population has no household for every demo case; try more --households",
+        )?;
+    // The bank does not answer for one household: it hangs until the
+    // deadline, as a rural bank's batch system may.
+    built.simulated.set_faults(
+        "rural-commercial-bank",
+        FaultConfig {
+            hang_persons: picks.bank_outage.member_ids.iter().cloned().collect(),
+            ..FaultConfig::none()
+        },
+    )?;
+
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (use --listen)", options.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(
+        Arc::clone(&built.verifier),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let mut client = VerificationServiceClient::connect(format!("http://{addr}")).await?;
+    let cases: [(&str, &GroundTruth); 4] = [
+        ("an eligible household", &picks.pass),
+        ("a household over the income line", &picks.income_fail),
+        ("a household with a car", &picks.car_fail),
+        ("a household whose bank does not answer", &picks.bank_outage),
+    ];
+    let mut ids = Vec::new();
+    for (n, (what, truth)) in cases.iter().enumerate() {
+        let request = VerificationRequest {
+            applicant_id: truth.applicant_id.clone(),
+            consent_reference: format!("SQ-DEMO-{:04}", n + 1),
+            purpose: Purpose::DibaoApplication as i32,
+            operator_id: "demo-case-worker".into(),
+            deadline: prost_types::Duration::try_from(Duration::from_secs(3)).ok(),
+            max_age: None,
+            declared_member_ids: Vec::new(),
+        };
+        let report = client
+            .verify(VerifyRequest {
+                request: Some(request),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("verify: {:?}: {}", s.code(), s.message()))?
+            .into_inner()
+            .report
+            .context("no report")?;
+        println!("\n{}. {what}\n", n + 1);
+        print!("{}", render::text(&report));
+        ids.push((what, truth.applicant_id.clone(), report.report_id.clone()));
+    }
+
+    println!(
+        "\nhedui is serving on {addr} (reports in {}).",
+        options.store.display()
+    );
+    println!("applicants of the simulated population you can verify:");
+    for (what, applicant, report_id) in &ids {
+        println!("  {applicant}  {what} (report {report_id})");
+    }
+    if let Some((_, applicant, _)) = ids.first() {
+        println!(
+            "try:\n  cargo run --release -p hedui -- verify {applicant} --consent SQ-2026-000123 --operator case-worker-07 --server http://{addr}"
+        );
+    }
+    if options.serve {
+        println!("press Ctrl-C to stop.");
+        options.shutdown.await;
+    }
+    let _ = stop_tx.send(());
+    server.await??;
+    built.verifier.store().close().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every configuration shipped under deploy/ parses and builds.
+    #[tokio::test]
+    async fn shipped_configurations_build() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let mut config = Config::load(&path).unwrap();
+                config.store.path = ":memory:".into();
+                build(&config)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "found {n} configurations");
+    }
+
+    #[tokio::test]
+    async fn unknown_transport_names_the_source() {
+        let config = Config::parse(
+            "[[sources]]\nid = 'public-security'\ntransport = { type = 'fax' }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let e = build(&config).await.unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("public-security") && msg.contains("fax"),
+            "{msg}"
+        );
+        assert!(msg.contains("grpc, simulated"), "{msg}");
+    }
+}

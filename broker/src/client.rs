@@ -1,0 +1,174 @@
+//! The CLI's client commands: `hedui verify` and `hedui report` call a
+//! running broker over gRPC and print the report as text.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use hedui_proto::v1::{
+    GetReportRequest, Purpose, StreamVerifyRequest, VerificationRequest, VerifyRequest,
+    stream_verify_response::Event, verification_service_client::VerificationServiceClient,
+};
+use tonic::transport::Channel;
+
+use crate::render;
+
+/// Purposes as the CLI writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PurposeArg {
+    /// First Dibao application.
+    DibaoApplication,
+    /// Periodic Dibao review.
+    DibaoReview,
+    /// Extreme-poverty support.
+    ExtremePoverty,
+    /// Low-income determination.
+    LowIncome,
+    /// Temporary assistance.
+    TemporaryAssistance,
+    /// Medical assistance.
+    MedicalAssistance,
+    /// Education assistance.
+    EducationAssistance,
+}
+
+impl From<PurposeArg> for Purpose {
+    fn from(p: PurposeArg) -> Self {
+        match p {
+            PurposeArg::DibaoApplication => Purpose::DibaoApplication,
+            PurposeArg::DibaoReview => Purpose::DibaoReview,
+            PurposeArg::ExtremePoverty => Purpose::ExtremePoverty,
+            PurposeArg::LowIncome => Purpose::LowIncome,
+            PurposeArg::TemporaryAssistance => Purpose::TemporaryAssistance,
+            PurposeArg::MedicalAssistance => Purpose::MedicalAssistance,
+            PurposeArg::EducationAssistance => Purpose::EducationAssistance,
+        }
+    }
+}
+
+/// What `hedui verify` asks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// The applicant's 18-digit resident identity number.
+    pub applicant_id: String,
+    /// Reference of the signed authorization letter (授权书).
+    #[arg(long)]
+    pub consent: String,
+    /// Why the household is verified.
+    #[arg(long, value_enum, default_value = "dibao-application")]
+    pub purpose: PurposeArg,
+    /// The acting case worker's id.
+    #[arg(long)]
+    pub operator: String,
+    /// How long sources may take, in milliseconds (default: the broker's).
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+    /// A member the household declares (repeat for each).
+    #[arg(long = "member")]
+    pub members: Vec<String>,
+    /// Print each source's answer as it lands, then the report.
+    #[arg(long)]
+    pub stream: bool,
+    /// The broker's address.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
+    pub server: String,
+}
+
+impl VerifyArgs {
+    /// The request these arguments describe.
+    pub fn request(&self) -> VerificationRequest {
+        VerificationRequest {
+            applicant_id: self.applicant_id.clone(),
+            consent_reference: self.consent.clone(),
+            purpose: Purpose::from(self.purpose) as i32,
+            operator_id: self.operator.clone(),
+            deadline: self
+                .deadline_ms
+                .and_then(|ms| prost_types::Duration::try_from(Duration::from_millis(ms)).ok()),
+            max_age: None,
+            declared_member_ids: self.members.clone(),
+        }
+    }
+}
+
+async fn connect(server: &str) -> anyhow::Result<VerificationServiceClient<Channel>> {
+    let channel = Channel::from_shared(server.to_owned())
+        .with_context(|| format!("--server {server:?} is not a valid URL"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the broker at {server}"))?;
+    Ok(VerificationServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
+}
+
+fn status_error(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
+
+/// `hedui verify`: verifies and prints the report.
+///
+/// # Errors
+/// When the broker cannot be reached or refuses the request.
+pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server).await?;
+    if args.stream {
+        let mut stream = client
+            .stream_verify(StreamVerifyRequest {
+                request: Some(args.request()),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        while let Some(event) = stream.message().await.map_err(status_error)? {
+            match event.event {
+                Some(Event::HouseholdResolved(h)) => println!(
+                    "report {}: {} member(s), asking {} sources",
+                    h.report_id,
+                    h.members.len(),
+                    h.source_ids.len()
+                ),
+                Some(Event::SourceResult(s)) => println!(
+                    "  {:<24} {}",
+                    s.source_id,
+                    hedui_proto::v1::SourceStatus::try_from(s.status)
+                        .map(|s| s
+                            .as_str_name()
+                            .trim_start_matches("SOURCE_STATUS_")
+                            .to_owned())
+                        .unwrap_or_default()
+                ),
+                Some(Event::Report(r)) => print!("\n{}", render::text(&r)),
+                None => {}
+            }
+        }
+        return Ok(());
+    }
+    let report = client
+        .verify(VerifyRequest {
+            request: Some(args.request()),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .report
+        .context("the broker answered without a report")?;
+    print!("{}", render::text(&report));
+    Ok(())
+}
+
+/// `hedui report`: prints a stored report.
+///
+/// # Errors
+/// When the broker cannot be reached or has no such report.
+pub async fn report(server: &str, report_id: &str) -> anyhow::Result<()> {
+    let mut client = connect(server).await?;
+    let report = client
+        .get_report(GetReportRequest {
+            report_id: report_id.to_owned(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .report
+        .context("the broker answered without a report")?;
+    print!("{}", render::text(&report));
+    Ok(())
+}

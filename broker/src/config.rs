@@ -1,0 +1,350 @@
+//! The broker's configuration: one TOML file. Every key is optional; with
+//! no file at all the broker runs on embedded defaults: a SQLite file for
+//! reports and the 28 sources of Dachuan answered by in-process simulated
+//! agencies.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:50051"
+//!
+//! [store]
+//! path = "hedui.db"           # SQLite file for reports, or ":memory:"
+//!
+//! [verification]
+//! default_deadline_ms = 10000 # when a request sets none
+//! max_deadline_ms = 120000    # longest a request may ask for
+//!
+//! [policy]
+//! dir = "policies"            # extra dated per-county policy files
+//!
+//! [simulation]                # parameters of the "simulated" transport
+//! seed = 2018
+//! households = 3000
+//!
+//! [[sources]]                 # when present, exactly these sources are asked
+//! id = "traffic-police"
+//! [sources.transport]
+//! type = "grpc"
+//! endpoint = "http://127.0.0.1:7002"
+//! ```
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use hedui_adapters::{
+    catalog::{Catalog, HOUSEHOLD_SOURCE, RawSourceSpec, SourceSpec},
+    registry::TransportConfig,
+};
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The gRPC listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where reports are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Deadlines.
+    #[serde(default)]
+    pub verification: VerificationConfig,
+    /// Policies beyond the embedded Dachuan one.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Parameters given to every source on the `simulated` transport unless
+    /// the source sets its own.
+    #[serde(default)]
+    pub simulation: toml::Table,
+    /// The sources to ask. Empty means every source of the embedded catalog
+    /// over the `simulated` transport.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+/// Where reports are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file (created when missing), or `:memory:`.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("hedui.db")
+}
+
+/// Deadlines of verifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationConfig {
+    /// How long sources are waited for when a request sets no deadline, in
+    /// milliseconds.
+    #[serde(default = "default_deadline_ms")]
+    pub default_deadline_ms: u64,
+    /// The longest deadline a request may set, in milliseconds.
+    #[serde(default = "max_deadline_ms")]
+    pub max_deadline_ms: u64,
+}
+
+impl Default for VerificationConfig {
+    fn default() -> Self {
+        Self {
+            default_deadline_ms: default_deadline_ms(),
+            max_deadline_ms: max_deadline_ms(),
+        }
+    }
+}
+
+fn default_deadline_ms() -> u64 {
+    10_000
+}
+
+fn max_deadline_ms() -> u64 {
+    120_000
+}
+
+/// Policies beyond the embedded one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A directory of dated per-county policy files (`*.toml`).
+    pub dir: Option<PathBuf>,
+}
+
+/// One source to ask.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The source's id; a catalog id, or a new one with `name` and
+    /// `fact_kinds`.
+    pub id: String,
+    /// Department or institution name (required for a source not in the
+    /// catalog; overrides the catalog's otherwise).
+    pub name: Option<String>,
+    /// Fact kinds it reports (required for a source not in the catalog).
+    pub fact_kinds: Option<Vec<String>>,
+    /// How the broker reaches it.
+    pub transport: TransportConfig,
+}
+
+/// A configuration error, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file, or `(defaults)`.
+    pub file: String,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// A source resolved against the catalog: what it is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct ResolvedSource {
+    /// What the source is.
+    pub spec: SourceSpec,
+    /// How to reach it.
+    pub transport: TransportConfig,
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the key and what is allowed.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and checks configuration text; `file` names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the key and what is allowed.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_owned(),
+            message,
+        };
+        let v = &self.verification;
+        if v.default_deadline_ms == 0 {
+            return Err(err("verification.default_deadline_ms: must be > 0".into()));
+        }
+        if v.max_deadline_ms < v.default_deadline_ms {
+            return Err(err(format!(
+                "verification.max_deadline_ms: must be >= default_deadline_ms ({})",
+                v.default_deadline_ms
+            )));
+        }
+        self.resolve_sources(&Catalog::dachuan()).map_err(err)?;
+        Ok(())
+    }
+
+    /// The sources to ask, in order, resolved against `catalog`: the
+    /// configured ones, or every catalog source over the `simulated`
+    /// transport when none is configured.
+    ///
+    /// # Errors
+    /// A message naming the `sources` entry and what is wrong.
+    pub fn resolve_sources(&self, catalog: &Catalog) -> Result<Vec<ResolvedSource>, String> {
+        if self.sources.is_empty() {
+            return Ok(catalog
+                .iter()
+                .map(|spec| ResolvedSource {
+                    spec: spec.clone(),
+                    transport: TransportConfig {
+                        kind: "simulated".into(),
+                        params: self.simulation.clone(),
+                    },
+                })
+                .collect());
+        }
+        let mut out: Vec<ResolvedSource> = Vec::with_capacity(self.sources.len());
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("sources[{i}] (id {:?})", s.id);
+            if out.iter().any(|o| o.spec.id == s.id) {
+                return Err(format!("{at}: id appears twice"));
+            }
+            let spec = match (catalog.get(&s.id), &s.fact_kinds) {
+                (_, Some(kinds)) => {
+                    let raw = RawSourceSpec {
+                        id: s.id.clone(),
+                        name: s
+                            .name
+                            .clone()
+                            .or_else(|| catalog.get(&s.id).map(|c| c.name.clone()))
+                            .ok_or_else(|| {
+                                format!("{at}: name is required for a source not in the catalog")
+                            })?,
+                        fact_kinds: kinds.clone(),
+                    };
+                    SourceSpec::from_raw(&raw).map_err(|e| format!("{at}: {e}"))?
+                }
+                (Some(c), None) => {
+                    let mut spec = c.clone();
+                    if let Some(name) = &s.name {
+                        spec.name = name.clone();
+                    }
+                    spec
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "{at}: not in the catalog; give name and fact_kinds"
+                    ));
+                }
+            };
+            let mut transport = s.transport.clone();
+            if transport.kind == "simulated" {
+                for (k, v) in &self.simulation {
+                    transport
+                        .params
+                        .entry(k.clone())
+                        .or_insert_with(|| v.clone());
+                }
+            }
+            out.push(ResolvedSource { spec, transport });
+        }
+        if !out.iter().any(|o| o.spec.id == HOUSEHOLD_SOURCE) {
+            return Err(format!(
+                "sources: the household-registration source {HOUSEHOLD_SOURCE:?} is required"
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults_and_28_simulated_sources() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.server.listen.port(), 50051);
+        let sources = c.resolve_sources(&Catalog::dachuan()).unwrap();
+        assert_eq!(sources.len(), 28);
+        assert!(sources.iter().all(|s| s.transport.kind == "simulated"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_file_name() {
+        let e =
+            Config::parse("[server]\nlisten = '127.0.0.1:1'\nport = 3\n", "b.toml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("b.toml: "), "{msg}");
+        assert!(msg.contains("port"), "{msg}");
+    }
+
+    #[test]
+    fn a_new_bank_is_configuration() {
+        let text = r#"
+            [[sources]]
+            id = "public-security"
+            transport = { type = "grpc", endpoint = "http://127.0.0.1:1" }
+            [[sources]]
+            id = "county-bank"
+            name = "Dazhou County Bank"
+            fact_kinds = ["FINANCIAL_ACCOUNT", "ACCOUNT_OUTFLOW"]
+            transport = { type = "grpc", endpoint = "http://127.0.0.1:2" }
+        "#;
+        let c = Config::parse(text, "c.toml").unwrap();
+        let s = c.resolve_sources(&Catalog::dachuan()).unwrap();
+        assert_eq!(s[1].spec.name, "Dazhou County Bank");
+    }
+
+    #[test]
+    fn sources_without_household_registration_are_refused() {
+        let text = "[[sources]]\nid = 'employment'\ntransport = { type = 'grpc', endpoint = 'http://127.0.0.1:1' }\n";
+        let e = Config::parse(text, "d.toml").unwrap_err();
+        assert!(e.to_string().contains("public-security"), "{e}");
+        let text = "[[sources]]\nid = 'nobody'\ntransport = { type = 'grpc', endpoint = 'x' }\n";
+        let e = Config::parse(text, "d.toml").unwrap_err();
+        assert!(e.to_string().contains("sources[0] (id \"nobody\")"), "{e}");
+    }
+}

@@ -1,0 +1,29 @@
+//! hedui (核对): the household economic-status verification broker.
+//!
+//! A platform calls `Verify` with an applicant's resident ID number; the
+//! broker resolves the household through household registration, asks every
+//! other source at once through its adapter, folds the answers into one
+//! report with indicators against the local policy, stores it, and returns
+//! it.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration and its checks.
+//! - [`verify`]: one verification end to end (validation, household,
+//!   fan-out under the deadline, fold, store).
+//! - [`report`]: the policy files and the folding of answers into a report
+//!   (income, assets, indicators R1–R9, verdict).
+//! - [`store`]: where reports are kept (SQLite).
+//! - [`server`]: the gRPC API and the single place errors become statuses.
+//! - [`app`]: assembling a broker from configuration; the demo.
+//! - [`client`]: the CLI's gRPC client commands.
+//! - [`render`]: a report as readable text.
+
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod render;
+pub mod report;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod verify;

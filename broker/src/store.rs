@@ -1,0 +1,126 @@
+//! The report store: every report the broker returns is written here first,
+//! so `GetReport` can return it later. SQLite through sqlx (WAL mode) is the
+//! embedded default.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use hedui_proto::v1::Report;
+use prost::Message;
+use sqlx::{
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+/// Why the store failed. Its text is for logs; callers see only that the
+/// store is unavailable.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("report store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("report store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored report does not decode.
+    #[error("stored report {0} does not decode")]
+    Corrupt(String),
+}
+
+/// Where reports are kept.
+#[derive(Debug, Clone)]
+pub struct ReportStore {
+    pool: SqlitePool,
+}
+
+impl ReportStore {
+    /// Opens (creating if needed) the SQLite file at `path` and brings its
+    /// schema up to date. `:memory:` keeps reports in memory only.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the file cannot be opened or migrated.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let memory = path.as_os_str() == ":memory:";
+        let options = if memory {
+            SqliteConnectOptions::from_str("sqlite::memory:")?
+        } else {
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+        }
+        .busy_timeout(Duration::from_secs(5));
+        // One connection for an in-memory database: every connection would
+        // otherwise see its own empty database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 4 })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Stores a report; it is durable when this returns.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the write fails; nothing is stored then.
+    pub async fn put(&self, report: &Report) -> Result<(), StoreError> {
+        let completed_ms = report
+            .completed_at
+            .as_ref()
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+            .unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO reports (report_id, completed_at, verdict, body) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&report.report_id)
+        .bind(completed_ms)
+        .bind(report.verdict)
+        .bind(report.encode_to_vec())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The report with this id, if stored.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the read fails or the stored bytes do not decode.
+    pub async fn get(&self, report_id: &str) -> Result<Option<Report>, StoreError> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT body FROM reports WHERE report_id = ?")
+                .bind(report_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(body,)| {
+            Report::decode(body.as_slice()).map_err(|_| StoreError::Corrupt(report_id.to_owned()))
+        })
+        .transpose()
+    }
+
+    /// Closes the pool, waiting for writes in progress.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stores_and_returns_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReportStore::open(&dir.path().join("r.db")).await.unwrap();
+        let report = Report {
+            report_id: "abc".into(),
+            verdict: 1,
+            ..Default::default()
+        };
+        store.put(&report).await.unwrap();
+        assert_eq!(store.get("abc").await.unwrap(), Some(report.clone()));
+        assert_eq!(store.get("nope").await.unwrap(), None);
+        // The same id twice is refused, not overwritten.
+        assert!(store.put(&report).await.is_err());
+    }
+}

@@ -1,0 +1,405 @@
+//! One verification, end to end: validate the request, resolve the household
+//! through the household-registration source, ask every other source at
+//! once under the request's deadline, fold the answers into the report,
+//! store it, return it.
+//!
+//! The path is the same for `Verify` and `StreamVerify`; the streaming
+//! caller also gets an event per source as its answer lands.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use hedui_adapters::{
+    Adapter, AdapterError, LookupContext, answer::check_answer, catalog::HOUSEHOLD_SOURCE,
+};
+use hedui_proto::{
+    resident_id,
+    v1::{
+        HouseholdResolved, LookupRequest, Purpose, Report, SourceResult, SourceStatus,
+        StreamVerifyResponse, VerificationRequest, stream_verify_response::Event,
+    },
+};
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, warn};
+
+use crate::{
+    report::{
+        fold::{FoldInput, fold},
+        household::{SourceOutcome, resolve_household},
+        policy::PolicySet,
+    },
+    store::ReportStore,
+    time::{china_today, timestamp},
+};
+
+/// Longest consent reference accepted, in characters.
+pub const MAX_CONSENT_REFERENCE: usize = 128;
+/// Longest operator id accepted, in characters.
+pub const MAX_OPERATOR_ID: usize = 64;
+/// Most declared members accepted.
+pub const MAX_DECLARED_MEMBERS: usize = 30;
+
+/// Why a verification could not be done. Each variant maps to one gRPC code
+/// in [`crate::server`].
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The request is wrong; `field` names what.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The offending field, as named in the proto.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The report could not be stored; nothing was returned.
+    #[error("report store unavailable")]
+    StoreUnavailable(#[source] crate::store::StoreError),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> VerifyError {
+    VerifyError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A source the broker asks, with its adapter.
+#[derive(Debug, Clone)]
+pub struct SourceHandle {
+    /// What the source is.
+    pub spec: hedui_adapters::catalog::SourceSpec,
+    /// How it is asked.
+    pub adapter: Arc<dyn Adapter>,
+}
+
+/// Deadlines applied to requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Used when the request sets none.
+    pub default: Duration,
+    /// The longest a request may set.
+    pub max: Duration,
+}
+
+/// Runs verifications. Shared by every request in flight.
+#[derive(Debug)]
+pub struct Verifier {
+    sources: Vec<SourceHandle>,
+    household: usize,
+    policies: PolicySet,
+    store: ReportStore,
+    deadlines: Deadlines,
+}
+
+/// A request that passed validation, with its effective deadline.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    request: VerificationRequest,
+    timeout: Duration,
+}
+
+impl Verifier {
+    /// A verifier over `sources` (which must include the household source).
+    ///
+    /// # Panics
+    /// If no source has the id [`HOUSEHOLD_SOURCE`]; configuration checks
+    /// this before.
+    pub fn new(
+        sources: Vec<SourceHandle>,
+        policies: PolicySet,
+        store: ReportStore,
+        deadlines: Deadlines,
+    ) -> Self {
+        let household = sources
+            .iter()
+            .position(|s| s.spec.id == HOUSEHOLD_SOURCE)
+            .expect("the household source is configured");
+        Self {
+            sources,
+            household,
+            policies,
+            store,
+            deadlines,
+        }
+    }
+
+    /// The sources asked, in order.
+    pub fn sources(&self) -> &[SourceHandle] {
+        &self.sources
+    }
+
+    /// The report store.
+    pub fn store(&self) -> &ReportStore {
+        &self.store
+    }
+
+    /// Checks a request. `call_timeout` is the caller's gRPC deadline, if
+    /// any; the effective deadline is the shortest of it, the request's and
+    /// the broker's maximum.
+    ///
+    /// # Errors
+    /// [`VerifyError::InvalidArgument`] naming the first wrong field.
+    pub fn validate(
+        &self,
+        request: Option<VerificationRequest>,
+        call_timeout: Option<Duration>,
+    ) -> Result<ValidRequest, VerifyError> {
+        let request = request.ok_or_else(|| invalid("request", "is required"))?;
+        let today = china_today();
+        let today = (today.0, today.1, today.2);
+        resident_id::validate(&request.applicant_id, today)
+            .map_err(|e| invalid("applicant_id", e.to_string()))?;
+        check_text(
+            "consent_reference",
+            &request.consent_reference,
+            MAX_CONSENT_REFERENCE,
+        )?;
+        match Purpose::try_from(request.purpose) {
+            Ok(Purpose::Unspecified) => return Err(invalid("purpose", "is required")),
+            Err(_) => {
+                return Err(invalid(
+                    "purpose",
+                    format!("{} is not a known purpose", request.purpose),
+                ));
+            }
+            Ok(_) => {}
+        }
+        check_text("operator_id", &request.operator_id, MAX_OPERATOR_ID)?;
+        let mut timeout = self.deadlines.default;
+        if let Some(d) = &request.deadline {
+            let d = Duration::try_from(*d)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| invalid("deadline", "must be positive"))?;
+            if d > self.deadlines.max {
+                return Err(invalid(
+                    "deadline",
+                    format!("must be at most {} ms", self.deadlines.max.as_millis()),
+                ));
+            }
+            timeout = d;
+        }
+        if let Some(a) = &request.max_age
+            && Duration::try_from(*a).is_err()
+        {
+            return Err(invalid("max_age", "must not be negative"));
+        }
+        if request.declared_member_ids.len() > MAX_DECLARED_MEMBERS {
+            return Err(invalid(
+                "declared_member_ids",
+                format!("at most {MAX_DECLARED_MEMBERS} members"),
+            ));
+        }
+        for (i, id) in request.declared_member_ids.iter().enumerate() {
+            resident_id::validate(id, today)
+                .map_err(|e| invalid("declared_member_ids", format!("[{i}]: {e}")))?;
+            if request.declared_member_ids[..i].contains(id) {
+                return Err(invalid(
+                    "declared_member_ids",
+                    format!("[{i}]: appears twice"),
+                ));
+            }
+        }
+        if let Some(c) = call_timeout {
+            timeout = timeout.min(c);
+        }
+        Ok(ValidRequest { request, timeout })
+    }
+
+    /// Runs a validated verification to its report, sending events to
+    /// `events` when given (a closed receiver does not stop the
+    /// verification: the report is still stored).
+    ///
+    /// # Errors
+    /// [`VerifyError::StoreUnavailable`] when the report cannot be stored.
+    pub async fn run(
+        &self,
+        valid: ValidRequest,
+        events: Option<mpsc::Sender<StreamVerifyResponse>>,
+    ) -> Result<Report, VerifyError> {
+        let ValidRequest { request, timeout } = valid;
+        let requested_at = SystemTime::now();
+        let deadline = Instant::now() + timeout;
+        let report_id = uuid::Uuid::new_v4().to_string();
+        let purpose = request.purpose();
+        let send = |event: Event| {
+            if let Some(tx) = &events {
+                // A caller that went away does not stop the verification.
+                let _ = tx.try_send(StreamVerifyResponse { event: Some(event) });
+            }
+        };
+
+        // 1. The household, through household registration.
+        let household_source = &self.sources[self.household];
+        let household_outcome = ask(
+            household_source,
+            &report_id,
+            vec![request.applicant_id.clone()],
+            &request,
+            purpose,
+            deadline,
+        )
+        .await;
+        let household = resolve_household(&request.applicant_id, &household_outcome);
+        let others: Vec<&SourceHandle> = self
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.household)
+            .map(|(_, s)| s)
+            .collect();
+        send(Event::HouseholdResolved(HouseholdResolved {
+            report_id: report_id.clone(),
+            members: household.members.clone(),
+            source_ids: self.sources.iter().map(|s| s.spec.id.clone()).collect(),
+        }));
+        send(Event::SourceResult(household_outcome.result.clone()));
+
+        // 2. Every other source at once, about the active members.
+        let person_ids = household.active_ids.clone();
+        let mut pending: FuturesUnordered<_> = others
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                let person_ids = person_ids.clone();
+                let request = &request;
+                let report_id = &report_id;
+                async move {
+                    (
+                        i,
+                        ask(source, report_id, person_ids, request, purpose, deadline).await,
+                    )
+                }
+            })
+            .collect();
+        let mut answered: Vec<Option<SourceOutcome>> = vec![None; others.len()];
+        while let Some((i, outcome)) = pending.next().await {
+            send(Event::SourceResult(outcome.result.clone()));
+            answered[i] = Some(outcome);
+        }
+        drop(pending);
+
+        // 3. Fold, in catalog order.
+        let mut outcomes = Vec::with_capacity(self.sources.len());
+        let mut answered = answered.into_iter();
+        for (i, _) in self.sources.iter().enumerate() {
+            if i == self.household {
+                outcomes.push(household_outcome.clone());
+            } else {
+                outcomes.push(answered.next().flatten().expect("every source answered"));
+            }
+        }
+        let today = crate::time::china_date();
+        let policy = self.policies.select(&household.region_code, today);
+        let report = fold(FoldInput {
+            report_id,
+            request: &request,
+            requested_at,
+            completed_at: SystemTime::now(),
+            today,
+            policy,
+            household: &household,
+            outcomes: &outcomes,
+        });
+
+        // 4. Stored before it leaves.
+        self.store.put(&report).await.map_err(|e| {
+            warn!(error = %e, "report not stored, verification fails");
+            VerifyError::StoreUnavailable(e)
+        })?;
+        send(Event::Report(report.clone()));
+        Ok(report)
+    }
+}
+
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), VerifyError> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    let n = value.chars().count();
+    if n > max {
+        return Err(invalid(field, format!("{n} characters, at most {max}")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Asks one source about `person_ids` and turns whatever happens into a
+/// [`SourceOutcome`]; never takes longer than `deadline`.
+async fn ask(
+    source: &SourceHandle,
+    report_id: &str,
+    person_ids: Vec<String>,
+    request: &VerificationRequest,
+    purpose: Purpose,
+    deadline: Instant,
+) -> SourceOutcome {
+    let started = Instant::now();
+    let lookup = LookupRequest {
+        request_id: report_id.to_owned(),
+        source_id: source.spec.id.clone(),
+        person_ids,
+        fact_kinds: source.spec.fact_kinds.iter().map(|k| *k as i32).collect(),
+        purpose: purpose as i32,
+        consent_reference: request.consent_reference.clone(),
+    };
+    let ctx = LookupContext { deadline };
+    let answer = if started >= deadline {
+        Err(AdapterError::Timeout)
+    } else {
+        match tokio::time::timeout_at(deadline, source.adapter.lookup(&ctx, lookup.clone())).await {
+            Err(_) => Err(AdapterError::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(resp)) => check_answer(&lookup, &resp, &source.spec.fact_kinds).map(|()| resp),
+        }
+    };
+    let latency = started.elapsed();
+    let mut result = SourceResult {
+        source_id: source.spec.id.clone(),
+        source_name: source.spec.name.clone(),
+        latency: prost_types::Duration::try_from(latency).ok(),
+        ..Default::default()
+    };
+    let answers = match answer {
+        Ok(resp) => {
+            let facts: usize = resp.answers.iter().map(|a| a.facts.len()).sum();
+            result.status = if facts > 0 {
+                SourceStatus::Ok
+            } else {
+                SourceStatus::NoRecord
+            } as i32;
+            result.fact_count = u32::try_from(facts).unwrap_or(u32::MAX);
+            result.as_of = resp.as_of.or_else(|| Some(timestamp(SystemTime::now())));
+            resp.answers
+        }
+        Err(e) => {
+            result.status = status_of(&e) as i32;
+            result.detail = e.to_string();
+            debug!(source = %source.spec.id, error = %e, "source gave no usable answer");
+            Vec::new()
+        }
+    };
+    SourceOutcome {
+        spec: source.spec.clone(),
+        result,
+        answers,
+    }
+}
+
+/// The report status of an adapter error.
+pub fn status_of(e: &AdapterError) -> SourceStatus {
+    match e {
+        AdapterError::Timeout => SourceStatus::Timeout,
+        AdapterError::Unavailable(_) | AdapterError::RateLimited { .. } => {
+            SourceStatus::Unavailable
+        }
+        AdapterError::Rejected(_) | AdapterError::Malformed(_) | AdapterError::Internal(_) => {
+            SourceStatus::Error
+        }
+    }
+}
