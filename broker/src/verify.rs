@@ -99,6 +99,7 @@ pub struct Verifier {
 pub struct ValidRequest {
     request: VerificationRequest,
     timeout: Duration,
+    max_age: Option<Duration>,
 }
 
 impl Verifier {
@@ -182,11 +183,12 @@ impl Verifier {
             }
             timeout = d;
         }
-        if let Some(a) = &request.max_age
-            && Duration::try_from(*a).is_err()
-        {
-            return Err(invalid("max_age", "must not be negative"));
-        }
+        let max_age = match &request.max_age {
+            None => None,
+            Some(a) => Some(
+                Duration::try_from(*a).map_err(|_| invalid("max_age", "must not be negative"))?,
+            ),
+        };
         if request.declared_member_ids.len() > MAX_DECLARED_MEMBERS {
             return Err(invalid(
                 "declared_member_ids",
@@ -206,7 +208,11 @@ impl Verifier {
         if let Some(c) = call_timeout {
             timeout = timeout.min(c);
         }
-        Ok(ValidRequest { request, timeout })
+        Ok(ValidRequest {
+            request,
+            timeout,
+            max_age,
+        })
     }
 
     /// Runs a validated verification to its report, sending events to
@@ -220,7 +226,11 @@ impl Verifier {
         valid: ValidRequest,
         events: Option<mpsc::Sender<StreamVerifyResponse>>,
     ) -> Result<Report, VerifyError> {
-        let ValidRequest { request, timeout } = valid;
+        let ValidRequest {
+            request,
+            timeout,
+            max_age,
+        } = valid;
         let requested_at = SystemTime::now();
         let deadline = Instant::now() + timeout;
         let report_id = uuid::Uuid::new_v4().to_string();
@@ -234,13 +244,17 @@ impl Verifier {
 
         // 1. The household, through household registration.
         let household_source = &self.sources[self.household];
+        let limits = Limits {
+            purpose,
+            deadline,
+            max_age,
+        };
         let household_outcome = ask(
             household_source,
             &report_id,
             vec![request.applicant_id.clone()],
             &request,
-            purpose,
-            deadline,
+            limits,
         )
         .await;
         let household = resolve_household(&request.applicant_id, &household_outcome);
@@ -267,12 +281,7 @@ impl Verifier {
                 let person_ids = person_ids.clone();
                 let request = &request;
                 let report_id = &report_id;
-                async move {
-                    (
-                        i,
-                        ask(source, report_id, person_ids, request, purpose, deadline).await,
-                    )
-                }
+                async move { (i, ask(source, report_id, person_ids, request, limits).await) }
             })
             .collect();
         let mut answered: Vec<Option<SourceOutcome>> = vec![None; others.len()];
@@ -329,16 +338,42 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), Verify
     Ok(())
 }
 
+/// What bounds every source call of one verification.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    purpose: Purpose,
+    deadline: Instant,
+    /// Answers whose as-of time is older than this are not used.
+    max_age: Option<Duration>,
+}
+
+/// Whether an answer as of `as_of` is older than `max_age`.
+fn too_old(as_of: Option<&prost_types::Timestamp>, max_age: Option<Duration>) -> bool {
+    let (Some(as_of), Some(max_age)) = (as_of, max_age) else {
+        return false;
+    };
+    let Ok(as_of) = SystemTime::try_from(*as_of) else {
+        return true;
+    };
+    SystemTime::now()
+        .duration_since(as_of)
+        .is_ok_and(|age| age > max_age)
+}
+
 /// Asks one source about `person_ids` and turns whatever happens into a
-/// [`SourceOutcome`]; never takes longer than `deadline`.
+/// [`SourceOutcome`]; never takes longer than the deadline.
 async fn ask(
     source: &SourceHandle,
     report_id: &str,
     person_ids: Vec<String>,
     request: &VerificationRequest,
-    purpose: Purpose,
-    deadline: Instant,
+    limits: Limits,
 ) -> SourceOutcome {
+    let Limits {
+        purpose,
+        deadline,
+        max_age,
+    } = limits;
     let started = Instant::now();
     let lookup = LookupRequest {
         request_id: report_id.to_owned(),
@@ -358,6 +393,17 @@ async fn ask(
             Ok(Ok(resp)) => check_answer(&lookup, &resp, &source.spec.fact_kinds).map(|()| resp),
         }
     };
+    // An answer older than the caller accepts is not used: the source is
+    // reported as failed, and what depends on it is inconclusive.
+    let answer = answer.and_then(|resp| {
+        if too_old(resp.as_of.as_ref(), max_age) {
+            Err(AdapterError::Malformed(
+                "the answer is older than the max_age asked for".into(),
+            ))
+        } else {
+            Ok(resp)
+        }
+    });
     let latency = started.elapsed();
     let mut result = SourceResult {
         source_id: source.spec.id.clone(),
@@ -401,5 +447,201 @@ pub fn status_of(e: &AdapterError) -> SourceStatus {
         AdapterError::Rejected(_) | AdapterError::Malformed(_) | AdapterError::Internal(_) => {
             SourceStatus::Error
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use hedui_adapters::catalog::Catalog;
+    use hedui_proto::v1::{
+        CheckResponse, Fact, HouseholdRegistration, LookupResponse, PersonAnswer, RegisteredPerson,
+        RegistrationStatus, fact::Value,
+    };
+
+    use super::*;
+
+    const APPLICANT: &str = "11010519491231002X";
+
+    /// A household source that registers the applicant alone, with answers
+    /// as of `age` ago.
+    #[derive(Debug)]
+    struct Register {
+        age: Duration,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Adapter for Register {
+        fn source_id(&self) -> &str {
+            HOUSEHOLD_SOURCE
+        }
+
+        async fn lookup(
+            &self,
+            _ctx: &LookupContext,
+            request: LookupRequest,
+        ) -> Result<LookupResponse, AdapterError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let as_of = Some(timestamp(SystemTime::now() - self.age));
+            let registration = HouseholdRegistration {
+                household_number: "1".into(),
+                region_code: "511703".into(),
+                hukou_type: 2,
+                members: vec![RegisteredPerson {
+                    person_id: APPLICANT.into(),
+                    relation: 1,
+                    status: RegistrationStatus::Active as i32,
+                    ..Default::default()
+                }],
+            };
+            Ok(LookupResponse {
+                answers: request
+                    .person_ids
+                    .iter()
+                    .map(|id| PersonAnswer {
+                        person_id: id.clone(),
+                        facts: vec![Fact {
+                            record_id: "r".into(),
+                            as_of,
+                            value: Some(Value::HouseholdRegistration(registration.clone())),
+                        }],
+                    })
+                    .collect(),
+                as_of,
+            })
+        }
+
+        async fn check(&self) -> Result<CheckResponse, AdapterError> {
+            Ok(CheckResponse::default())
+        }
+    }
+
+    async fn verifier(age: Duration) -> (Verifier, Arc<Register>) {
+        let register = Arc::new(Register {
+            age,
+            calls: AtomicUsize::new(0),
+        });
+        let spec = Catalog::dachuan().get(HOUSEHOLD_SOURCE).unwrap().clone();
+        let store = ReportStore::open(std::path::Path::new(":memory:"))
+            .await
+            .unwrap();
+        let v = Verifier::new(
+            vec![SourceHandle {
+                spec,
+                adapter: register.clone(),
+            }],
+            PolicySet::embedded(),
+            store,
+            Deadlines {
+                default: Duration::from_secs(10),
+                max: Duration::from_secs(60),
+            },
+        );
+        (v, register)
+    }
+
+    fn request() -> VerificationRequest {
+        VerificationRequest {
+            applicant_id: APPLICANT.into(),
+            consent_reference: "SQ-1".into(),
+            purpose: Purpose::DibaoReview as i32,
+            operator_id: "op".into(),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(e: VerifyError) -> &'static str {
+        match e {
+            VerifyError::InvalidArgument { field, .. } => field,
+            VerifyError::StoreUnavailable(_) => "store",
+        }
+    }
+
+    #[tokio::test]
+    async fn validation_names_the_field() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let with = |f: &dyn Fn(&mut VerificationRequest)| {
+            let mut r = request();
+            f(&mut r);
+            v.validate(Some(r), None).map(|_| ()).map_err(field_of)
+        };
+        assert_eq!(with(&|_| {}), Ok(()));
+        assert_eq!(
+            v.validate(None, None).map(|_| ()).map_err(field_of),
+            Err("request")
+        );
+        assert_eq!(
+            with(&|r| r.deadline = Some(prost_types::Duration::default())),
+            Err("deadline")
+        );
+        assert_eq!(
+            with(&|r| r.deadline = Duration::from_secs(61).try_into().ok()),
+            Err("deadline")
+        );
+        assert_eq!(
+            with(&|r| r.max_age = Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0
+            })),
+            Err("max_age")
+        );
+        assert_eq!(
+            with(&|r| r.declared_member_ids = vec![APPLICANT.into(), APPLICANT.into()]),
+            Err("declared_member_ids")
+        );
+        assert_eq!(with(&|r| r.operator_id = "a\nb".into()), Err("operator_id"));
+        assert_eq!(
+            with(&|r| r.consent_reference = "x".repeat(MAX_CONSENT_REFERENCE + 1)),
+            Err("consent_reference")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_shortest_deadline_wins() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let mut r = request();
+        r.deadline = Duration::from_secs(5).try_into().ok();
+        let valid = v.validate(Some(r.clone()), None).unwrap();
+        assert_eq!(valid.timeout, Duration::from_secs(5));
+        let valid = v
+            .validate(Some(r), Some(Duration::from_millis(300)))
+            .unwrap();
+        assert_eq!(valid.timeout, Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn answers_older_than_max_age_are_not_used() {
+        let (v, register) = verifier(Duration::from_secs(3600)).await;
+        let report = v
+            .run(v.validate(Some(request()), None).unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(report.sources[0].status, SourceStatus::Ok as i32);
+
+        let mut r = request();
+        r.max_age = Duration::from_secs(60).try_into().ok();
+        let report = v
+            .run(v.validate(Some(r), None).unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(report.sources[0].status, SourceStatus::Error as i32);
+        assert!(report.sources[0].detail.contains("max_age"));
+        assert_eq!(register.calls.load(Ordering::SeqCst), 2);
+        let r8 = report.indicators.iter().find(|i| i.id == "R8").unwrap();
+        assert_eq!(r8.outcome, hedui_proto::v1::Outcome::Inconclusive as i32);
+    }
+
+    #[tokio::test]
+    async fn no_report_leaves_when_it_cannot_be_stored() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        v.store().close().await;
+        let err = v
+            .run(v.validate(Some(request()), None).unwrap(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VerifyError::StoreUnavailable(_)));
     }
 }
