@@ -136,8 +136,16 @@ fn indicator(
     kinds: &[FactKind],
     finding: Finding,
 ) -> Indicator {
-    let input_sources = ctx.sources_serving(kinds);
-    let missing = ctx.missing_serving(kinds);
+    // Every rule reads facts about the household's members, and only the
+    // household source says who they are: without its answer the other
+    // sources were asked about the applicant alone, so no rule can be
+    // decided (a spouse's car would go unseen).
+    let mut kinds = kinds.to_vec();
+    if !kinds.contains(&FactKind::HouseholdRegistration) {
+        kinds.push(FactKind::HouseholdRegistration);
+    }
+    let input_sources = ctx.sources_serving(&kinds);
+    let missing = ctx.missing_serving(&kinds);
     let missing_sources: Vec<String> = missing.iter().map(|o| o.spec.id.clone()).collect();
     let (outcome, value, reason) = if missing.is_empty() {
         (finding.outcome, finding.value, finding.reason)

@@ -226,11 +226,19 @@ fn input_sources_follow_fact_kinds() {
         inputs("R2"),
         ["public-security", "finance-office", "rural-commercial-bank"]
     );
-    assert_eq!(inputs("R3"), ["traffic-police", "transport"]);
+    // The household source is an input of every rule: it says whose facts
+    // were asked for.
+    assert_eq!(
+        inputs("R3"),
+        ["public-security", "traffic-police", "transport"]
+    );
     assert_eq!(inputs("R4"), ["public-security", "housing-management"]);
-    assert_eq!(inputs("R5"), ["commerce", "market-supervision"]);
-    assert_eq!(inputs("R6"), ["financial-bureau"]);
-    assert_eq!(inputs("R7"), ["civil-affairs"]);
+    assert_eq!(
+        inputs("R5"),
+        ["public-security", "commerce", "market-supervision"]
+    );
+    assert_eq!(inputs("R6"), ["public-security", "financial-bureau"]);
+    assert_eq!(inputs("R7"), ["public-security", "civil-affairs"]);
     assert_eq!(inputs("R8"), ["public-security"]);
     assert_eq!(
         inputs("R9"),
@@ -1079,7 +1087,10 @@ fn a_hung_source_makes_its_indicators_inconclusive_and_leaves_the_others() {
     let r3 = indicator(&r, "R3");
     assert_eq!(r3.outcome(), Outcome::Inconclusive);
     assert_eq!(r3.missing_sources, ["traffic-police"]);
-    assert_eq!(r3.input_sources, ["traffic-police", "transport"]);
+    assert_eq!(
+        r3.input_sources,
+        ["public-security", "traffic-police", "transport"]
+    );
     assert_eq!(
         r3.reason,
         "no usable answer from traffic-police (timeout); a missing answer is not read as zero \
@@ -1193,9 +1204,10 @@ fn a_household_not_registered_is_the_applicant_alone_without_a_standard() {
 }
 
 #[test]
-fn a_failed_household_source_leaves_only_the_indicators_that_need_no_register() {
+fn a_failed_household_source_makes_every_indicator_inconclusive() {
     // The household source timed out; the others were asked about the
-    // applicant alone.
+    // applicant alone, so even what they found (a payroll, here) cannot
+    // decide a rule: another member's facts were never asked for.
     let mut s = Scenario::with_household(household_status(SourceStatus::Timeout));
     s.add("financial-bureau", APPLICANT, payroll(100_000));
     let r = s.fold();
@@ -1206,16 +1218,16 @@ fn a_failed_household_source_leaves_only_the_indicators_that_need_no_register() 
         [
             ("R1".to_owned(), Outcome::Inconclusive),
             ("R2".to_owned(), Outcome::Inconclusive),
-            ("R3".to_owned(), Outcome::Pass),
+            ("R3".to_owned(), Outcome::Inconclusive),
             ("R4".to_owned(), Outcome::Inconclusive),
-            ("R5".to_owned(), Outcome::Pass),
-            ("R6".to_owned(), Outcome::Review),
-            ("R7".to_owned(), Outcome::Pass),
+            ("R5".to_owned(), Outcome::Inconclusive),
+            ("R6".to_owned(), Outcome::Inconclusive),
+            ("R7".to_owned(), Outcome::Inconclusive),
             ("R8".to_owned(), Outcome::Inconclusive),
             ("R9".to_owned(), Outcome::Inconclusive),
         ]
     );
-    for id in ["R1", "R2", "R4", "R8", "R9"] {
+    for id in ["R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9"] {
         assert_eq!(
             indicator(&r, id).missing_sources,
             ["public-security"],
@@ -1249,7 +1261,7 @@ fn a_failed_household_source_leaves_only_the_indicators_that_need_no_register() 
     );
     assert_eq!(
         indicator(&r, "R3").missing_sources,
-        ["traffic-police", "transport"]
+        ["public-security", "traffic-police", "transport"]
     );
 
     // An answer that cannot be used (the register does not list the
@@ -1270,7 +1282,7 @@ fn a_failed_household_source_leaves_only_the_indicators_that_need_no_register() 
         "no usable answer from public-security (answer unusable: household H9 does not list \
          the applicant); a missing answer is not read as zero or no record"
     );
-    assert_eq!(outcome(&r, "R3"), Outcome::Pass);
+    assert_eq!(outcome(&r, "R3"), Outcome::Inconclusive);
 }
 
 // === defence in depth ===
