@@ -6,15 +6,17 @@ use std::collections::HashSet;
 
 use hedui_proto::v1::{FactKind, LookupRequest, LookupResponse};
 
-use crate::AdapterError;
+use crate::{AdapterError, mapping::check_fact_values};
 
 /// Largest number of facts accepted about one person in one answer.
 pub const MAX_FACTS_PER_PERSON: usize = 1_000;
 
 /// Checks that `response` answers `request`: every person asked about
 /// appears exactly once, nobody else appears, every fact has a value and an
-/// as-of time, and every fact is of a kind in `served` (when not empty) and
-/// in the kinds asked for (when the request names any).
+/// as-of time, every fact is of a kind in `served` (when not empty) and in
+/// the kinds asked for (when the request names any), and every value is
+/// possible (no negative money or area, no enum value the contract does not
+/// define, no impossible date).
 ///
 /// # Errors
 /// [`AdapterError::Malformed`] naming the first problem found.
@@ -50,6 +52,8 @@ pub fn check_answer(
                 return Err(AdapterError::Malformed("a fact has no as-of time".into()));
             }
             let kind = value.kind();
+            check_fact_values(fact)
+                .map_err(|e| AdapterError::Malformed(format!("fact {:?}: {e}", fact.record_id)))?;
             if !served.is_empty() && !served.contains(&kind) {
                 return Err(AdapterError::Malformed(format!(
                     "fact of kind {} which the source does not serve",

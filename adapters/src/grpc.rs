@@ -7,7 +7,11 @@
 //! type = "grpc"
 //! endpoint = "http://10.1.2.3:7001"   # where the department serves
 //! connect_timeout_ms = 1000           # optional, default 1000
+//! max_answer_bytes = 16777216         # optional, default 16 MiB
 //! ```
+//!
+//! A source over its limits answers `RESOURCE_EXHAUSTED`, with a
+//! `retry-after` metadata entry (seconds) when it knows when to come back.
 
 use std::{sync::Arc, time::Duration};
 
@@ -38,10 +42,17 @@ pub struct GrpcParams {
     /// How long to wait for a connection, in milliseconds.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Largest answer accepted, in bytes; a larger one is unusable.
+    #[serde(default = "default_max_answer_bytes")]
+    pub max_answer_bytes: usize,
 }
 
 fn default_connect_timeout_ms() -> u64 {
     1_000
+}
+
+fn default_max_answer_bytes() -> usize {
+    MAX_ANSWER_BYTES
 }
 
 /// An adapter that calls a remote `AdapterService`.
@@ -65,8 +76,14 @@ impl GrpcAdapter {
             })?
             .connect_timeout(Duration::from_millis(params.connect_timeout_ms))
             .tcp_nodelay(true);
+        if params.max_answer_bytes == 0 || params.max_answer_bytes > MAX_ANSWER_BYTES {
+            return Err(BuildError::Params {
+                kind: "grpc".into(),
+                message: format!("max_answer_bytes: must be between 1 and {MAX_ANSWER_BYTES}"),
+            });
+        }
         let client = AdapterServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_ANSWER_BYTES);
+            .max_decoding_message_size(params.max_answer_bytes);
         Ok(Self {
             source_id: source.id.clone(),
             fact_kinds: source.fact_kinds.clone(),
@@ -146,6 +163,15 @@ fn classify(status: &tonic::Status) -> AdapterError {
         if m.contains("decode") || m.contains("message length too large") {
             return AdapterError::Malformed(m.to_owned());
         }
+    }
+    if status.code() == tonic::Code::ResourceExhausted {
+        let retry_after = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return AdapterError::RateLimited { retry_after };
     }
     AdapterError::from_status(status)
 }

@@ -12,6 +12,16 @@
 //!   [`registry::AdapterFactory`] per transport, registered explicitly.
 //! - [`grpc`]: the remote gRPC transport (the department serves
 //!   `hedui.v1.AdapterService`).
+//! - [`http`]: the HTTP/JSON transport (the department's REST endpoint,
+//!   with request template, field mapping and signing in configuration).
+//! - [`sql`]: the SQL transport (a read-only view in PostgreSQL,
+//!   MariaDB/MySQL or SQLite, the query and the mapping in configuration).
+//! - [`peer`]: the peer-broker transport and the server a broker offers
+//!   its peers (federation, with provenance and loop refusal).
+//! - [`mapping`]: the declarative mapping from a source's records to facts
+//!   that the HTTP/JSON and SQL transports share.
+//! - [`conformance`]: the conformance kit, the suite every adapter should
+//!   pass (`hedui adapter check`).
 //! - [`server`]: serves any [`Adapter`] as `hedui.v1.AdapterService`, for a
 //!   department that writes its adapter in Rust and for the simulated
 //!   agencies.
@@ -20,10 +30,18 @@
 
 pub mod answer;
 pub mod catalog;
+pub mod conformance;
 pub mod error;
 pub mod grpc;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod mapping;
+#[cfg(feature = "peer")]
+pub mod peer;
 pub mod registry;
 pub mod server;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 use std::fmt;
 

@@ -90,10 +90,17 @@ impl fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// A registry with the transports of this crate: `grpc`.
+    /// A registry with the transports of this crate: `grpc`, and `http`,
+    /// `sql` and `peer` when their features are on.
     pub fn with_builtin() -> Self {
         let mut r = Registry::default();
         r.register(Box::new(crate::grpc::GrpcFactory));
+        #[cfg(feature = "http")]
+        r.register(Box::new(crate::http::HttpFactory));
+        #[cfg(feature = "sql")]
+        r.register(Box::new(crate::sql::SqlFactory));
+        #[cfg(feature = "peer")]
+        r.register(Box::new(crate::peer::PeerFactory::default()));
         r
     }
 
@@ -140,7 +147,7 @@ mod tests {
         let err = r.build(&source, &t).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown transport \"carrier-pigeon\"; available: grpc"
+            "unknown transport \"carrier-pigeon\"; available: grpc, http, peer, sql"
         );
     }
 }

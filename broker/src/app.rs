@@ -34,10 +34,17 @@ pub struct Built {
     pub simulated: SimulatedAgencies,
 }
 
-/// The transports this broker knows: those of the adapter SDK (`grpc`) and
-/// the simulated agencies (`simulated`).
+/// The transports this broker knows: those of the adapter SDK (`grpc`,
+/// `http`, `sql`, `peer`) and the simulated agencies (`simulated`).
 pub fn registry() -> (Registry, SimulatedAgencies) {
+    registry_for(hedui_adapters::peer::DEFAULT_BROKER_ID)
+}
+
+/// The transports of a broker whose id in a federation is `broker_id`
+/// (sent by its `peer` sources so that loops are found).
+pub fn registry_for(broker_id: &str) -> (Registry, SimulatedAgencies) {
     let mut registry = Registry::with_builtin();
+    registry.register(Box::new(hedui_adapters::peer::PeerFactory::new(broker_id)));
     let factory = SimulatedFactory::new();
     let agencies = factory.agencies();
     registry.register(Box::new(factory));
@@ -51,7 +58,15 @@ pub fn registry() -> (Registry, SimulatedAgencies) {
 /// When a source cannot be built (naming it), a policy file is wrong, or
 /// the store cannot be opened.
 pub async fn build(config: &Config) -> anyhow::Result<Built> {
-    let (registry, simulated) = registry();
+    build_as(config, hedui_adapters::peer::DEFAULT_BROKER_ID).await
+}
+
+/// [`build`] for a broker whose id in a federation is `broker_id`.
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built> {
+    let (registry, simulated) = registry_for(broker_id);
     let catalog = Catalog::dachuan();
     let sources = config
         .resolve_sources(&catalog)
@@ -77,8 +92,15 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
         default: Duration::from_millis(config.verification.default_deadline_ms),
         max: Duration::from_millis(config.verification.max_deadline_ms),
     };
+    let audit_config = config.audit_config();
+    let audit = crate::audit::AuditLog::open(&audit_config)
+        .await
+        .with_context(|| format!("audit log ({})", audit_config.location()))?;
+    audit
+        .record(crate::audit::configuration_entry(config))
+        .await?;
     Ok(Built {
-        verifier: Arc::new(Verifier::new(handles, policies, store, deadlines)),
+        verifier: Arc::new(Verifier::new(handles, policies, store, audit, deadlines)),
         simulated,
     })
 }
@@ -212,7 +234,124 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     server.await??;
     built.verifier.store().close().await;
+    built.verifier.audit().close().await;
     Ok(())
+}
+
+// === federation and the conformance kit (issue 3) ===
+
+/// Serves `hedui.v1.AdapterService` over the broker's own sources, for its
+/// peers (the `peer` transport), on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_federation(
+    verifier: Arc<Verifier>,
+    broker_id: String,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let server = hedui_adapters::peer::PeerServer::new(
+        &broker_id,
+        verifier
+            .sources()
+            .iter()
+            .map(|s| (s.spec.clone(), s.adapter.clone())),
+    );
+    tracing::info!(broker = %broker_id, addr = ?listener.local_addr().ok(), "serving federation (hedui.v1.AdapterService)");
+    tonic::transport::Server::builder()
+        .add_service(server.into_service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// What `hedui adapter check` checks.
+#[derive(Debug, Clone)]
+pub struct AdapterCheck {
+    /// The source to check, as configured.
+    pub source_id: String,
+    /// The test population's seed, size and day; unset ones come from the
+    /// configuration's `[simulation]`, then the defaults.
+    pub seed: Option<u64>,
+    /// Households of the test population.
+    pub households: Option<usize>,
+    /// The test population's today.
+    pub today: Option<chrono::NaiveDate>,
+    /// Control endpoint of `mock-agencies serve`, to inject faults.
+    pub control: Option<String>,
+    /// Known test persons to compare.
+    pub known: usize,
+}
+
+/// Runs the conformance kit against one configured source, with the
+/// simulated population as its test data.
+///
+/// # Errors
+/// When the source is not configured or cannot be built.
+pub async fn adapter_check(
+    config: &Config,
+    check: &AdapterCheck,
+) -> anyhow::Result<hedui_adapters::conformance::ConformanceReport> {
+    use hedui_adapters::conformance::{FaultInjector, Options, run};
+    use hedui_mock_agencies::kit::{ControlInjector, SimulatedInjector, fixtures};
+
+    let sources = config
+        .resolve_sources(&Catalog::dachuan())
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let Some(source) = sources.iter().find(|s| s.spec.id == check.source_id) else {
+        anyhow::bail!(
+            "source {:?} is not configured; configured: {}",
+            check.source_id,
+            sources
+                .iter()
+                .map(|s| s.spec.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let (registry, simulated) = registry();
+    let adapter = registry
+        .build(&source.spec, &source.transport)
+        .with_context(|| format!("source {:?}", source.spec.id))?;
+    let mut simulation = config.simulation.clone();
+    if source.transport.kind == "simulated" {
+        simulation.extend(source.transport.params.clone());
+    }
+    let params: SimulatedParams = hedui_adapters::registry::parse_params("simulated", &simulation)?;
+    let mut population = params
+        .population_config()
+        .map_err(|e| anyhow::anyhow!("simulation: {e}"))?;
+    if let Some(s) = check.seed {
+        population.seed = s;
+    }
+    if let Some(h) = check.households {
+        population.households = h;
+    }
+    if let Some(t) = check.today {
+        population.today = t;
+    }
+    let pop = tokio::task::spawn_blocking(move || Population::shared(&population)).await?;
+    let fixtures = fixtures(&pop, &source.spec.id, check.known);
+    let injector: Option<Box<dyn FaultInjector>> =
+        match (&check.control, simulated.get(&source.spec.id)) {
+            (_, Some(control)) => Some(Box::new(SimulatedInjector(control))),
+            (Some(endpoint), None) => Some(Box::new(
+                ControlInjector::new(endpoint, &source.spec.id).map_err(anyhow::Error::msg)?,
+            )),
+            (None, None) => None,
+        };
+    Ok(run(
+        adapter,
+        &source.spec,
+        &fixtures,
+        injector.as_deref(),
+        &Options::default(),
+    )
+    .await)
 }
 
 #[cfg(test)]
@@ -229,6 +368,7 @@ mod tests {
             if path.extension().is_some_and(|e| e == "toml") {
                 let mut config = Config::load(&path).unwrap();
                 config.store.path = ":memory:".into();
+                config.audit.path = Some(":memory:".into());
                 build(&config)
                     .await
                     .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
@@ -251,6 +391,6 @@ mod tests {
             msg.contains("public-security") && msg.contains("fax"),
             "{msg}"
         );
-        assert!(msg.contains("grpc, simulated"), "{msg}");
+        assert!(msg.contains("grpc, http, peer, simulated, sql"), "{msg}");
     }
 }

@@ -10,6 +10,9 @@
 //! [store]
 //! path = "hedui.db"           # SQLite file for reports, or ":memory:"
 //!
+//! [audit]                     # see crate::audit::config for every key
+//! path = "hedui-audit.db"     # SQLite file of the audit log
+//!
 //! [verification]
 //! default_deadline_ms = 10000 # when a request sets none
 //! max_deadline_ms = 120000    # longest a request may ask for
@@ -49,6 +52,9 @@ pub struct Config {
     /// Where reports are kept.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The audit log (`crate::audit::config`).
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
     /// Deadlines.
     #[serde(default)]
     pub verification: VerificationConfig,
@@ -223,7 +229,27 @@ impl Config {
             )));
         }
         self.resolve_sources(&Catalog::dachuan()).map_err(err)?;
+        self.audit.validate().map_err(err)?;
         Ok(())
+    }
+
+    /// The `[audit]` section with its defaults resolved: the SQLite file,
+    /// when not set, sits beside the report store (`reports.db` gives
+    /// `reports-audit.db`; `:memory:` stays in memory).
+    pub fn audit_config(&self) -> crate::audit::AuditConfig {
+        let mut audit = self.audit.clone();
+        if audit.path.is_none() {
+            let store = &self.store.path;
+            audit.path = Some(if store.as_os_str() == ":memory:" {
+                store.clone()
+            } else {
+                let stem = store
+                    .file_stem()
+                    .map_or_else(|| "hedui".into(), |s| s.to_string_lossy().into_owned());
+                store.with_file_name(format!("{stem}-audit.db"))
+            });
+        }
+        audit
     }
 
     /// The sources to ask, in order, resolved against `catalog`: the
@@ -310,6 +336,24 @@ mod tests {
         let sources = c.resolve_sources(&Catalog::dachuan()).unwrap();
         assert_eq!(sources.len(), 28);
         assert!(sources.iter().all(|s| s.transport.kind == "simulated"));
+    }
+
+    #[test]
+    fn the_audit_log_sits_beside_the_report_store_unless_set() {
+        let c = Config::parse("[store]\npath = '/var/lib/hedui/reports.db'\n", "a.toml").unwrap();
+        let a = c.audit_config();
+        assert_eq!(
+            a.path.as_deref(),
+            Some(Path::new("/var/lib/hedui/reports-audit.db"))
+        );
+        let c = Config::parse("[audit]\npath = 'x.db'\n", "a.toml").unwrap();
+        assert_eq!(c.audit_config().path.as_deref(), Some(Path::new("x.db")));
+        let e = Config::parse("[audit]\nretention_days = 30\n", "r.toml").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("r.toml: audit.retention_days: 30 days"),
+            "{e}"
+        );
     }
 
     #[test]

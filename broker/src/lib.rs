@@ -13,12 +13,15 @@
 //! - [`report`]: the policy files and the folding of answers into a report
 //!   (income, assets, indicators R1–R9, verdict).
 //! - [`store`]: where reports are kept (SQLite).
+//! - [`audit`]: the audit log: every access, durable before the answer
+//!   leaves, tamper-evident (SQLite or PostgreSQL).
 //! - [`server`]: the gRPC API and the single place errors become statuses.
 //! - [`app`]: assembling a broker from configuration; the demo.
 //! - [`client`]: the CLI's gRPC client commands.
 //! - [`render`]: a report as readable text.
 
 pub mod app;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod render;

@@ -3,9 +3,15 @@
 //! - `hedui demo`: the main job on embedded defaults: in-process simulated
 //!   agencies, a SQLite file for reports; verifies a few chosen households,
 //!   prints their reports and keeps serving.
-//! - `hedui serve [--config FILE]`: the broker.
+//! - `hedui serve [--config FILE] [--broker-id ID] [--federation-listen ADDR]`:
+//!   the broker; with `--federation-listen` it also serves its sources to
+//!   peer brokers (`hedui.v1.AdapterService`).
+//! - `hedui adapter check <SOURCE-ID> [--config FILE]`: the conformance kit
+//!   against one configured source.
 //! - `hedui verify <ID> --consent REF --operator OP`: asks a running broker.
 //! - `hedui report <REPORT-ID>`: prints a stored report.
+//! - `hedui audit query|export|verify|prove|purge`: the audit log.
+//! - `hedui bench-audit`: the audit log's benchmark.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -36,7 +42,18 @@ enum Command {
         /// Listen address, overriding the configuration's `server.listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// This broker's id in a federation: peers see it in provenance and
+        /// in the path of a lookup, where a loop is found by it.
+        #[arg(long, env = "HEDUI_BROKER_ID", default_value = hedui_adapters::peer::DEFAULT_BROKER_ID)]
+        broker_id: String,
+        /// Also serve the broker's sources to peer brokers
+        /// (`hedui.v1.AdapterService`) on this address.
+        #[arg(long, env = "HEDUI_FEDERATION_LISTEN")]
+        federation_listen: Option<SocketAddr>,
     },
+    /// Adapters: run the conformance kit against a configured source.
+    #[command(subcommand)]
+    Adapter(AdapterCommand),
     /// Run the broker on embedded defaults with simulated agencies, verify a
     /// few chosen households and print their reports, then keep serving.
     Demo {
@@ -62,6 +79,40 @@ enum Command {
         /// The broker's address.
         #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
         server: String,
+    },
+    /// The audit log: query, export, verify, prove, purge.
+    #[command(subcommand)]
+    Audit(hedui::audit::cli::AuditCommand),
+    /// Benchmark the audit log: durable records per second, SQLite and
+    /// PostgreSQL, 1 writer vs 64 (docs/benchmarks.md).
+    BenchAudit(hedui::audit::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdapterCommand {
+    /// Check one configured source with the conformance kit, the simulated
+    /// population as its test data; exits 1 when a check fails.
+    Check {
+        /// The source's id, as configured.
+        source_id: String,
+        /// Configuration file (TOML); without it, embedded defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Seed of the test population (default: the configuration's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Households of the test population (default: the configuration's).
+        #[arg(long)]
+        households: Option<usize>,
+        /// The test population's today, YYYY-MM-DD (default: today in China).
+        #[arg(long)]
+        today: Option<chrono::NaiveDate>,
+        /// Control endpoint of `mock-agencies serve`, to inject faults.
+        #[arg(long)]
+        control: Option<String>,
+        /// Known test persons to compare.
+        #[arg(long, default_value_t = 10)]
+        known: usize,
     },
 }
 
@@ -90,7 +141,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            broker_id,
+            federation_listen,
+        } => {
             let mut config = match &config {
                 Some(path) => Config::load(path)?,
                 None => Config::default(),
@@ -98,15 +154,48 @@ async fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            let built = app::build(&config).await?;
+            hedui_adapters::peer::check_broker_id(&broker_id)
+                .map_err(|e| anyhow::anyhow!("--broker-id: {e}"))?;
+            let built = app::build_as(&config, &broker_id).await?;
             let listener = TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
             let addr = listener.local_addr()?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let federation = match federation_listen {
+                None => None,
+                Some(at) => {
+                    let l = TcpListener::bind(at)
+                        .await
+                        .with_context(|| format!("--federation-listen: cannot listen on {at}"))?;
+                    let fed_addr = l.local_addr()?;
+                    let task = tokio::spawn(app::serve_federation(
+                        Arc::clone(&built.verifier),
+                        broker_id.clone(),
+                        l,
+                        stopped(stop_rx.clone()),
+                    ));
+                    Some((fed_addr, task))
+                }
+            };
             // One machine-readable line on stdout says the broker is ready.
-            println!("{{\"listening\":\"{addr}\"}}");
-            server::serve(Arc::clone(&built.verifier), listener, shutdown_signal()).await?;
+            match &federation {
+                Some((f, _)) => println!("{{\"listening\":\"{addr}\",\"federation\":\"{f}\"}}"),
+                None => println!("{{\"listening\":\"{addr}\"}}"),
+            }
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            server::serve(Arc::clone(&built.verifier), listener, stopped(stop_rx)).await?;
+            if let Some((_, task)) = federation {
+                task.await??;
+            }
             built.verifier.store().close().await;
+            built.verifier.audit().close().await;
             Ok(())
         }
         Command::Demo {
@@ -125,6 +214,42 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Verify(args) => client::verify(&args).await,
+        Command::Adapter(AdapterCommand::Check {
+            source_id,
+            config,
+            seed,
+            households,
+            today,
+            control,
+            known,
+        }) => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let check = app::AdapterCheck {
+                source_id,
+                seed,
+                households,
+                today,
+                control,
+                known,
+            };
+            let report = app::adapter_check(&config, &check).await?;
+            print!("{report}");
+            if !report.passed() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Report { report_id, server } => client::report(&server, &report_id).await,
+        Command::BenchAudit(args) => hedui::audit::bench::run(&args).await,
+        Command::Audit(command) => {
+            let code = hedui::audit::cli::run(command).await?;
+            if code != std::process::ExitCode::SUCCESS {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }

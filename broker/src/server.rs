@@ -1,4 +1,5 @@
-//! The gRPC server: `hedui.v1.VerificationService` over a [`Verifier`],
+//! The gRPC server: `hedui.v1.VerificationService` over a [`Verifier`] and
+//! `hedui.v1.AuditService` over its audit log,
 //! with server reflection so generic clients (grpcurl, Postman) can call it
 //! without the proto files. Errors become statuses here, in one place.
 
@@ -16,7 +17,10 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
 
-use crate::verify::{Verifier, VerifyError};
+use crate::{
+    audit::{Entry, Kind},
+    verify::{Caller, Verifier, VerifyError},
+};
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -43,7 +47,21 @@ fn to_status(e: VerifyError) -> Status {
         VerifyError::StoreUnavailable(_) => {
             Status::unavailable("the report store is unavailable; nothing was returned")
         }
+        VerifyError::AuditUnavailable(_) => Status::unavailable(
+            "the audit log is unavailable; no source was asked or nothing was returned",
+        ),
     }
+}
+
+/// Who calls, as the audit log records it: the peer's IP address, or
+/// `anonymous` when the transport gives none. mTLS (issue 5) replaces this
+/// with the certificate identity.
+pub fn caller_of<T>(request: &Request<T>) -> Caller {
+    Caller::new(
+        request
+            .remote_addr()
+            .map_or_else(|| "anonymous".to_owned(), |a| a.ip().to_string()),
+    )
 }
 
 fn call_timeout<T>(request: &Request<T>) -> Option<Duration> {
@@ -63,11 +81,21 @@ impl VerificationService for VerificationApi {
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
         let timeout = call_timeout(&request);
-        let valid = self
+        let caller = caller_of(&request);
+        let inner = request.into_inner().request;
+        let valid = match self.verifier.validate(inner.clone(), timeout) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(to_status(
+                    self.verifier.deny(&caller, inner.as_ref(), e).await,
+                ));
+            }
+        };
+        let report = self
             .verifier
-            .validate(request.into_inner().request, timeout)
+            .run(valid, &caller, None)
+            .await
             .map_err(to_status)?;
-        let report = self.verifier.run(valid, None).await.map_err(to_status)?;
         Ok(Response::new(VerifyResponse {
             report: Some(report),
         }))
@@ -80,10 +108,16 @@ impl VerificationService for VerificationApi {
         request: Request<StreamVerifyRequest>,
     ) -> Result<Response<Self::StreamVerifyStream>, Status> {
         let timeout = call_timeout(&request);
-        let valid = self
-            .verifier
-            .validate(request.into_inner().request, timeout)
-            .map_err(to_status)?;
+        let caller = caller_of(&request);
+        let inner = request.into_inner().request;
+        let valid = match self.verifier.validate(inner.clone(), timeout) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(to_status(
+                    self.verifier.deny(&caller, inner.as_ref(), e).await,
+                ));
+            }
+        };
         let n = self.verifier.sources().len();
         // Room for every event of one verification: sending never waits.
         let (events_tx, mut events_rx) = mpsc::channel(n + 3);
@@ -100,7 +134,7 @@ impl VerificationService for VerificationApi {
                     }
                 }
             };
-            let run = verifier.run(valid, Some(events_tx));
+            let run = verifier.run(valid, &caller, Some(events_tx));
             let (result, ()) = tokio::join!(run, forward);
             if let Err(e) = result {
                 let _ = out_tx.send(Err(to_status(e))).await;
@@ -113,6 +147,7 @@ impl VerificationService for VerificationApi {
         &self,
         request: Request<GetReportRequest>,
     ) -> Result<Response<GetReportResponse>, Status> {
+        let caller = caller_of(&request);
         let id = request.into_inner().report_id;
         if uuid::Uuid::parse_str(&id).is_err() {
             return Err(Status::invalid_argument(
@@ -120,9 +155,33 @@ impl VerificationService for VerificationApi {
             ));
         }
         match self.verifier.store().get(&id).await {
-            Ok(Some(report)) => Ok(Response::new(GetReportResponse {
-                report: Some(report),
-            })),
+            Ok(Some(report)) => {
+                // Reading a report again is an access too: recorded first.
+                let audit = self.verifier.audit();
+                let request = report.request.clone().unwrap_or_default();
+                let mut entry = Entry::new(Kind::ReportRead);
+                entry.request_id = report.report_id.clone();
+                entry.client = caller.identity.clone();
+                entry.operator = request.operator_id.clone();
+                entry.purpose = crate::verify::purpose_name(request.purpose);
+                entry.consent_reference = request.consent_reference.clone();
+                entry.subjects = report
+                    .members
+                    .iter()
+                    .map(|m| audit.subject_key().subject(&m.person_id))
+                    .chain(std::iter::once(
+                        audit.subject_key().subject(&request.applicant_id),
+                    ))
+                    .collect();
+                entry.report_digest = audit.digest(&prost::Message::encode_to_vec(&report));
+                audit.record(entry).await.map_err(|e| {
+                    error!(error = %e, "report read not recorded; not returned");
+                    to_status(VerifyError::AuditUnavailable(e))
+                })?;
+                Ok(Response::new(GetReportResponse {
+                    report: Some(report),
+                }))
+            }
             Ok(None) => Err(Status::not_found(format!("report_id: no report {id}"))),
             Err(e) => {
                 error!(error = %e, "report store read failed");
@@ -146,12 +205,18 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(hedui_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let audit = hedui_proto::v1::audit_service_server::AuditServiceServer::new(
+        crate::audit::service::AuditApi::new(verifier.audit().clone()),
+    )
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let api = VerificationServiceServer::new(VerificationApi::new(verifier))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    info!(addr = ?addr, "serving hedui.v1.VerificationService");
+    info!(addr = ?addr, "serving hedui.v1.VerificationService and hedui.v1.AuditService");
     tonic::transport::Server::builder()
         .add_service(api)
+        .add_service(audit)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -1,10 +1,15 @@
 //! One verification, end to end: validate the request, resolve the household
 //! through the household-registration source, ask every other source at
 //! once under the request's deadline, fold the answers into the report,
-//! store it, return it.
+//! record the access in the audit log, store the report, return it.
 //!
 //! The path is the same for `Verify` and `StreamVerify`; the streaming
 //! caller also gets an event per source as its answer lands.
+//!
+//! The audit log comes first and last: no source is called unless the log
+//! can take records ([`crate::audit::AuditLog::ready`]), and no report
+//! leaves before its record is committed. Refused requests are recorded
+//! too ([`Verifier::deny`]).
 
 use std::{
     sync::Arc,
@@ -22,10 +27,12 @@ use hedui_proto::{
         StreamVerifyResponse, VerificationRequest, stream_verify_response::Event,
     },
 };
+use prost::Message;
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, warn};
 
 use crate::{
+    audit::{AuditError, AuditLog, Entry, Kind, SourceEntry},
     report::{
         fold::{FoldInput, fold},
         household::{SourceOutcome, resolve_household},
@@ -57,6 +64,78 @@ pub enum VerifyError {
     /// The report could not be stored; nothing was returned.
     #[error("report store unavailable")]
     StoreUnavailable(#[source] crate::store::StoreError),
+    /// The audit log cannot take the record: no source was called, or the
+    /// report was not returned.
+    #[error("audit log unavailable")]
+    AuditUnavailable(#[source] AuditError),
+}
+
+/// Who calls: the identity recorded in the audit log. Today the peer
+/// address or `anonymous`; with mTLS (issue 5) the certificate identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The client identity.
+    pub identity: String,
+}
+
+impl Caller {
+    /// A caller with this identity.
+    pub fn new(identity: impl Into<String>) -> Self {
+        Self {
+            identity: identity.into(),
+        }
+    }
+}
+
+/// The name of a purpose as the audit log writes it, e.g.
+/// `dibao_application`.
+pub fn purpose_name(purpose: i32) -> String {
+    Purpose::try_from(purpose).map_or_else(
+        |_| format!("unknown_{purpose}"),
+        |p| {
+            p.as_str_name()
+                .trim_start_matches("PURPOSE_")
+                .to_ascii_lowercase()
+        },
+    )
+}
+
+/// The name of a source status as the audit log writes it, e.g. `ok`.
+pub fn status_name(status: i32) -> String {
+    SourceStatus::try_from(status).map_or_else(
+        |_| format!("unknown_{status}"),
+        |s| {
+            s.as_str_name()
+                .trim_start_matches("SOURCE_STATUS_")
+                .to_ascii_lowercase()
+        },
+    )
+}
+
+/// Caller text as the audit log keeps it: at most `max` characters, runs
+/// of six or more digits masked (a refused field may hold part of an
+/// identity number).
+fn scrub(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() >= 6 {
+            out.push_str(&"#".repeat(digits.len()));
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in text.chars().take(max) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut digits, &mut out);
+            out.push(if c.is_control() { ' ' } else { c });
+        }
+    }
+    flush(&mut digits, &mut out);
+    out
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> VerifyError {
@@ -91,6 +170,7 @@ pub struct Verifier {
     household: usize,
     policies: PolicySet,
     store: ReportStore,
+    audit: AuditLog,
     deadlines: Deadlines,
 }
 
@@ -112,6 +192,7 @@ impl Verifier {
         sources: Vec<SourceHandle>,
         policies: PolicySet,
         store: ReportStore,
+        audit: AuditLog,
         deadlines: Deadlines,
     ) -> Self {
         let household = sources
@@ -123,7 +204,48 @@ impl Verifier {
             household,
             policies,
             store,
+            audit,
             deadlines,
+        }
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Records a refused request and gives back the error to return: the
+    /// refusal, or [`VerifyError::AuditUnavailable`] when it could not be
+    /// recorded. The applicant is recorded (as its keyed hash) only when
+    /// its id is well formed; no field is kept as given.
+    pub async fn deny(
+        &self,
+        caller: &Caller,
+        request: Option<&VerificationRequest>,
+        error: VerifyError,
+    ) -> VerifyError {
+        let mut entry = Entry::new(Kind::Denied);
+        entry.request_id = uuid::Uuid::new_v4().to_string();
+        entry.client = caller.identity.clone();
+        entry.outcome = "invalid_argument".into();
+        entry.detail = scrub(&error.to_string(), 200);
+        if let Some(r) = request {
+            let today = china_today();
+            if resident_id::validate(&r.applicant_id, (today.0, today.1, today.2)).is_ok() {
+                entry
+                    .subjects
+                    .push(self.audit.subject_key().subject(&r.applicant_id));
+            }
+            entry.operator = scrub(&r.operator_id, MAX_OPERATOR_ID);
+            entry.consent_reference = scrub(&r.consent_reference, MAX_CONSENT_REFERENCE);
+            entry.purpose = purpose_name(r.purpose);
+        }
+        match self.audit.record(entry).await {
+            Ok(_) => error,
+            Err(e) => {
+                warn!(error = %e, "refused request not recorded; answering unavailable");
+                VerifyError::AuditUnavailable(e)
+            }
         }
     }
 
@@ -220,10 +342,13 @@ impl Verifier {
     /// verification: the report is still stored).
     ///
     /// # Errors
+    /// [`VerifyError::AuditUnavailable`] when the audit log cannot take the
+    /// record (before any source is called when it is down already);
     /// [`VerifyError::StoreUnavailable`] when the report cannot be stored.
     pub async fn run(
         &self,
         valid: ValidRequest,
+        caller: &Caller,
         events: Option<mpsc::Sender<StreamVerifyResponse>>,
     ) -> Result<Report, VerifyError> {
         let ValidRequest {
@@ -232,6 +357,13 @@ impl Verifier {
             max_age,
         } = valid;
         let requested_at = SystemTime::now();
+        let started = Instant::now();
+        // 0. Fail closed: no source is asked unless the access can be
+        // recorded.
+        self.audit.ready().await.map_err(|e| {
+            warn!(error = %e, "audit log unavailable; no source is called");
+            VerifyError::AuditUnavailable(e)
+        })?;
         let deadline = Instant::now() + timeout;
         let report_id = uuid::Uuid::new_v4().to_string();
         let purpose = request.purpose();
@@ -314,13 +446,51 @@ impl Verifier {
             outcomes: &outcomes,
         });
 
-        // 4. Stored before it leaves.
+        // 4. Recorded, then stored, before it leaves.
+        let entry = self.access_entry(&report, caller, started.elapsed());
+        self.audit.record(entry).await.map_err(|e| {
+            warn!(error = %e, "access not recorded; the report does not leave");
+            VerifyError::AuditUnavailable(e)
+        })?;
         self.store.put(&report).await.map_err(|e| {
             warn!(error = %e, "report not stored, verification fails");
             VerifyError::StoreUnavailable(e)
         })?;
         send(Event::Report(report.clone()));
         Ok(report)
+    }
+}
+
+impl Verifier {
+    /// The audit entry of a verification that produced `report`.
+    fn access_entry(&self, report: &Report, caller: &Caller, latency: Duration) -> Entry {
+        let key = self.audit.subject_key();
+        let request = report.request.clone().unwrap_or_default();
+        let mut entry = Entry::new(Kind::Verification);
+        entry.request_id = report.report_id.clone();
+        entry.client = caller.identity.clone();
+        entry.operator = request.operator_id.clone();
+        entry.purpose = purpose_name(request.purpose);
+        entry.consent_reference = request.consent_reference.clone();
+        entry.subjects = std::iter::once(&request.applicant_id)
+            .chain(report.members.iter().map(|m| &m.person_id))
+            .chain(request.declared_member_ids.iter())
+            .map(|id| key.subject(id))
+            .collect();
+        entry.sources = report
+            .sources
+            .iter()
+            .map(|s| SourceEntry {
+                id: s.source_id.clone(),
+                status: status_name(s.status),
+                // The broker has no cache yet (issue 6 sets this).
+                cache_hit: false,
+                facts: s.fact_count,
+            })
+            .collect();
+        entry.report_digest = self.audit.digest(&report.encode_to_vec());
+        entry.latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        entry
     }
 }
 
@@ -375,6 +545,22 @@ async fn ask(
         max_age,
     } = limits;
     let started = Instant::now();
+    if started >= deadline {
+        // The household took the whole deadline: this source was never
+        // asked, which is not the same as not answering.
+        return SourceOutcome {
+            spec: source.spec.clone(),
+            result: SourceResult {
+                source_id: source.spec.id.clone(),
+                source_name: source.spec.name.clone(),
+                status: SourceStatus::NotQueried as i32,
+                latency: prost_types::Duration::try_from(Duration::ZERO).ok(),
+                detail: "not asked: the deadline passed before this source could be asked".into(),
+                ..Default::default()
+            },
+            answers: Vec::new(),
+        };
+    }
     let lookup = LookupRequest {
         request_id: report_id.to_owned(),
         source_id: source.spec.id.clone(),
@@ -384,14 +570,15 @@ async fn ask(
         consent_reference: request.consent_reference.clone(),
     };
     let ctx = LookupContext { deadline };
-    let answer = if started >= deadline {
-        Err(AdapterError::Timeout)
-    } else {
-        match tokio::time::timeout_at(deadline, source.adapter.lookup(&ctx, lookup.clone())).await {
-            Err(_) => Err(AdapterError::Timeout),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(resp)) => check_answer(&lookup, &resp, &source.spec.fact_kinds).map(|()| resp),
-        }
+    let answer = match tokio::time::timeout_at(
+        deadline,
+        source.adapter.lookup(&ctx, lookup.clone()),
+    )
+    .await
+    {
+        Err(_) => Err(AdapterError::Timeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(resp)) => check_answer(&lookup, &resp, &source.spec.fact_kinds).map(|()| resp),
     };
     // An answer older than the caller accepts is not used: the source is
     // reported as failed, and what depends on it is inconclusive.
@@ -528,6 +715,12 @@ mod tests {
         let store = ReportStore::open(std::path::Path::new(":memory:"))
             .await
             .unwrap();
+        let audit = AuditLog::open(&crate::audit::AuditConfig {
+            path: Some(":memory:".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         let v = Verifier::new(
             vec![SourceHandle {
                 spec,
@@ -535,6 +728,7 @@ mod tests {
             }],
             PolicySet::embedded(),
             store,
+            audit,
             Deadlines {
                 default: Duration::from_secs(10),
                 max: Duration::from_secs(60),
@@ -553,10 +747,15 @@ mod tests {
         }
     }
 
+    fn caller() -> Caller {
+        Caller::new("127.0.0.1")
+    }
+
     fn field_of(e: VerifyError) -> &'static str {
         match e {
             VerifyError::InvalidArgument { field, .. } => field,
             VerifyError::StoreUnavailable(_) => "store",
+            VerifyError::AuditUnavailable(_) => "audit",
         }
     }
 
@@ -616,7 +815,7 @@ mod tests {
     async fn answers_older_than_max_age_are_not_used() {
         let (v, register) = verifier(Duration::from_secs(3600)).await;
         let report = v
-            .run(v.validate(Some(request()), None).unwrap(), None)
+            .run(v.validate(Some(request()), None).unwrap(), &caller(), None)
             .await
             .unwrap();
         assert_eq!(report.sources[0].status, SourceStatus::Ok as i32);
@@ -624,7 +823,7 @@ mod tests {
         let mut r = request();
         r.max_age = Duration::from_secs(60).try_into().ok();
         let report = v
-            .run(v.validate(Some(r), None).unwrap(), None)
+            .run(v.validate(Some(r), None).unwrap(), &caller(), None)
             .await
             .unwrap();
         assert_eq!(report.sources[0].status, SourceStatus::Error as i32);
@@ -639,9 +838,123 @@ mod tests {
         let (v, _) = verifier(Duration::ZERO).await;
         v.store().close().await;
         let err = v
-            .run(v.validate(Some(request()), None).unwrap(), None)
+            .run(v.validate(Some(request()), None).unwrap(), &caller(), None)
             .await
             .unwrap_err();
         assert!(matches!(err, VerifyError::StoreUnavailable(_)));
+    }
+
+    #[tokio::test]
+    async fn every_report_is_recorded_before_it_leaves() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let report = v
+            .run(v.validate(Some(request()), None).unwrap(), &caller(), None)
+            .await
+            .unwrap();
+        let subject = v.audit().subject_key().subject(APPLICANT);
+        let rows = v
+            .audit()
+            .backend()
+            .query(&crate::audit::store::Filter {
+                subject: Some(subject),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].request_id, report.report_id);
+        assert_eq!(rows[0].client, "127.0.0.1");
+        assert_eq!(rows[0].purpose, "dibao_review");
+        let body = rows[0].body.as_deref().unwrap();
+        assert!(!body.contains(APPLICANT), "{body}");
+        assert!(body.contains(&v.audit().digest(&report.encode_to_vec())));
+    }
+
+    #[tokio::test]
+    async fn no_report_leaves_when_its_record_cannot_be_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::audit::testkit::TestStore::sqlite(
+            dir.path(),
+            "audit",
+            crate::audit::crypto::Suite::Sha256Ed25519,
+        );
+        let (mut v, register) = verifier(Duration::ZERO).await;
+        v.audit = store.open().await.unwrap();
+        // The store still answers (its head reads), but records cannot be
+        // written: sources are asked, the report does not leave.
+        store.exec("DROP TABLE audit_records").await.unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let err = v
+            .run(
+                v.validate(Some(request()), None).unwrap(),
+                &caller(),
+                Some(tx),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VerifyError::AuditUnavailable(_)), "{err}");
+        assert_eq!(register.calls.load(Ordering::SeqCst), 1);
+        let mut report_id = None;
+        while let Ok(e) = rx.try_recv() {
+            match e.event {
+                Some(Event::HouseholdResolved(h)) => report_id = Some(h.report_id),
+                Some(Event::Report(_)) => panic!("the report was sent"),
+                _ => {}
+            }
+        }
+        let report_id = report_id.expect("the household was resolved");
+        assert_eq!(v.store().get(&report_id).await.unwrap(), None, "not stored");
+    }
+
+    #[tokio::test]
+    async fn no_source_is_called_when_the_audit_log_is_down() {
+        let (v, register) = verifier(Duration::ZERO).await;
+        v.audit().backend().close().await;
+        let err = v
+            .run(v.validate(Some(request()), None).unwrap(), &caller(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VerifyError::AuditUnavailable(_)), "{err}");
+        assert_eq!(register.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_recorded_without_the_input() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let mut r = request();
+        r.operator_id.clear();
+        r.consent_reference = format!("see {APPLICANT}");
+        let e = v.validate(Some(r.clone()), None).unwrap_err();
+        let e = v.deny(&caller(), Some(&r), e).await;
+        assert_eq!(field_of(e), "operator_id");
+        // A malformed applicant id is not hashed: nothing of it is kept.
+        let mut bad = request();
+        bad.applicant_id = format!("{}1", &APPLICANT[..17]);
+        let e = v.validate(Some(bad.clone()), None).unwrap_err();
+        assert_eq!(
+            field_of(v.deny(&caller(), Some(&bad), e).await),
+            "applicant_id"
+        );
+        let rows = v
+            .audit()
+            .backend()
+            .query(&crate::audit::store::Filter {
+                kind: Some("denied".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in &rows {
+            let body = row.body.as_deref().unwrap();
+            assert!(!body.contains(&APPLICANT[..17]), "{body}");
+            assert_eq!(row.outcome, "invalid_argument");
+        }
+        let subject = v.audit().subject_key().subject(APPLICANT);
+        assert!(rows[1].body.as_deref().unwrap().contains(&subject));
+        let first = rows[0].body.as_deref().unwrap();
+        assert!(!first.contains("\"subjects\":[\""), "{first}");
     }
 }

@@ -8,7 +8,8 @@
 //! The broker uses it three ways: in-process, through the `simulated`
 //! transport ([`sim::SimulatedFactory`]); as a separate process
 //! (`mock-agencies serve`), each source on its own gRPC port like a real
-//! department; and as the oracle of end-to-end tests ([`truth`]).
+//! department, some also over HTTP/JSON, and some loaded into database
+//! views; and as the oracle of end-to-end tests ([`truth`]).
 //!
 //! # Layout
 //! - [`population`]: the seeded generator ([`population::Population`]),
@@ -27,13 +28,22 @@
 //!   and inject faults from another process.
 //! - [`serve`]: [`serve::RunningAgencies`], every source on its own
 //!   listener plus the control service, as `mock-agencies serve` runs them.
+//! - [`http`]: the sources that also answer over HTTP/JSON, each in the
+//!   shape of its legacy REST system, and their broker configuration.
+//! - [`kit`]: the population as the conformance kit's test data, and
+//!   fault injection for the kit.
+//! - [`sql`]: loads what housing, vehicle and land registries hold into
+//!   views of a real PostgreSQL or MariaDB, and their broker configuration.
 //! - `src/main.rs`: the `mock-agencies` command (`serve`, `truth`).
 
 pub mod agency;
 pub mod control;
+pub mod http;
+pub mod kit;
 pub mod population;
 pub mod serve;
 pub mod sim;
+pub mod sql;
 pub mod truth;
 
 pub use agency::Agency;

@@ -7,6 +7,10 @@
 //!   standard input.
 //! - `mock-agencies truth`: writes the ground truth of every household as
 //!   JSON lines.
+//! - `mock-agencies sql load|remove`: loads the housing, vehicle and land
+//!   registers into views of a PostgreSQL or MariaDB (a department's test
+//!   system for the SQL transport and the conformance kit), and removes
+//!   them.
 
 use std::{
     collections::BTreeMap,
@@ -41,6 +45,60 @@ enum Command {
     Serve(ServeArgs),
     /// Writes the ground truth of every household as JSON lines.
     Truth(TruthArgs),
+    /// Loads registers into database views, or removes them.
+    #[command(subcommand)]
+    Sql(SqlCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SqlCommand {
+    /// Loads the registers into a new schema (PostgreSQL) or database
+    /// (MariaDB) `hedui_<NAME>` with a reader `hedui_r_<NAME>`, and writes
+    /// the broker's `[[sources]]` for them.
+    Load {
+        #[command(flatten)]
+        population: PopulationArgs,
+        #[command(flatten)]
+        target: SqlTarget,
+        /// The registers to load (default all: housing-management,
+        /// traffic-police, agriculture).
+        #[arg(long = "source", value_name = "SOURCE-ID")]
+        sources: Vec<String>,
+        /// Writes the broker's `[[sources]]` entries to this file (`-` for
+        /// standard output).
+        #[arg(long, value_name = "PATH", default_value = "-")]
+        sources_out: PathBuf,
+    },
+    /// Removes a load and its reader.
+    Remove {
+        #[command(flatten)]
+        target: SqlTarget,
+    },
+}
+
+/// Where to load.
+#[derive(Debug, Args)]
+struct SqlTarget {
+    /// `postgres` or `mariadb`.
+    #[arg(long, value_parser = parse_server)]
+    server: hedui_mock_agencies::sql::Server,
+    /// An account that may create schemas, databases and users, e.g.
+    /// postgres://postgres@127.0.0.1:5432/test or mysql://root@127.0.0.1:3306/test.
+    #[arg(long)]
+    admin_url: String,
+    /// Name of the load: lower-case letters, digits and '_'.
+    #[arg(long)]
+    name: String,
+}
+
+fn parse_server(s: &str) -> Result<hedui_mock_agencies::sql::Server, String> {
+    match s {
+        "postgres" | "postgresql" => Ok(hedui_mock_agencies::sql::Server::Postgres),
+        "mariadb" | "mysql" => Ok(hedui_mock_agencies::sql::Server::MariaDb),
+        other => Err(format!(
+            "unknown server {other:?}; expected postgres or mariadb"
+        )),
+    }
 }
 
 /// Which population.
@@ -161,6 +219,7 @@ async fn main() {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Truth(args) => truth(&args),
+        Command::Sql(command) => sql(command).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -246,6 +305,57 @@ async fn terminated() {
 #[cfg(not(unix))]
 async fn terminated() {
     std::future::pending::<()>().await;
+}
+
+async fn sql(command: SqlCommand) -> anyhow::Result<()> {
+    use hedui_mock_agencies::sql;
+    match command {
+        SqlCommand::Load {
+            population,
+            target,
+            sources,
+            sources_out,
+        } => {
+            let config = population.config();
+            let pop = tokio::task::spawn_blocking(move || Population::generate(&config)).await?;
+            let sources: Vec<&str> = if sources.is_empty() {
+                sql::SQL_SOURCES.to_vec()
+            } else {
+                sources.iter().map(String::as_str).collect()
+            };
+            let loaded = sql::load(
+                &pop,
+                target.server,
+                &target.admin_url,
+                &target.name,
+                &sources,
+            )
+            .await
+            .context("cannot load the registers")?;
+            let text = loaded.sources_toml();
+            if sources_out.as_os_str() == "-" {
+                print!("{text}");
+            } else {
+                std::fs::write(&sources_out, text).with_context(|| {
+                    format!("--sources-out: cannot write {}", sources_out.display())
+                })?;
+            }
+            tracing::info!(
+                name = loaded.name(),
+                reader = loaded.reader_url(),
+                "registers loaded"
+            );
+            loaded.keep();
+            Ok(())
+        }
+        SqlCommand::Remove { target } => {
+            sql::remove(target.server, &target.admin_url, &target.name)
+                .await
+                .context("cannot remove the load")?;
+            tracing::info!(name = %target.name, "load removed");
+            Ok(())
+        }
+    }
 }
 
 fn truth(args: &TruthArgs) -> anyhow::Result<()> {

@@ -48,6 +48,14 @@ pub const DACHUAN_CODE: &str = "511703";
 /// `rural-commercial-bank` source.
 pub const RURAL_COMMERCIAL_BANK: &str = "Dachuan Rural Commercial Bank";
 
+/// Id of a 29th source the catalog does not know: a second rural bank,
+/// connected by configuration alone. The population knows its customers
+/// ([`Population::facts_for`]); the ground truth does not count them.
+pub const SECOND_BANK_ID: &str = "tongchuan-rural-bank";
+
+/// Name of the second rural bank, as in `FinancialAccount.institution`.
+pub const SECOND_BANK_NAME: &str = "Tongchuan Rural Commercial Bank";
+
 /// Default seed of a population (the year of the Dachuan pilot).
 pub const DEFAULT_SEED: u64 = 2018;
 
@@ -652,6 +660,8 @@ impl Population {
     /// the source has no record of. `public-security` answers every
     /// registered person (deceased and moved-out ones too) with the whole
     /// household register; the other sources know only active members.
+    /// Besides the 28, the second rural bank ([`SECOND_BANK_ID`]) knows its
+    /// customers.
     pub fn facts_for(
         &self,
         source_id: &str,
@@ -660,6 +670,7 @@ impl Population {
     ) -> Vec<Fact> {
         match (Agency::from_id(source_id), self.person(person_id)) {
             (Some(agency), Some(person)) => person.facts(agency, as_of),
+            (None, Some(person)) if source_id == SECOND_BANK_ID => person.second_bank_facts(as_of),
             _ => Vec::new(),
         }
     }
@@ -969,6 +980,35 @@ impl<'a> Person<'a> {
             out.push(fact(record_id, self.value(h, first + i)));
         }
         out
+    }
+
+    /// The deposit the second rural bank holds for about one active person
+    /// in five, drawn from the seed and the person alone (so it changes
+    /// nothing else in the population).
+    fn second_bank_facts(&self, as_of: prost_types::Timestamp) -> Vec<Fact> {
+        if !self.rec().is_active() {
+            return Vec::new();
+        }
+        let mut h = self.pop.config.seed ^ 0x7C0F_FEE5_u64.wrapping_mul(u64::from(self.index) + 1);
+        for _ in 0..3 {
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        }
+        if !h.is_multiple_of(5) {
+            return Vec::new();
+        }
+        let balance_fen = 50_000 + ((h >> 8) % 3_000_000) as i64;
+        vec![Fact {
+            record_id: format!("TC-{:08}", self.index),
+            as_of: Some(as_of),
+            value: Some(Value::FinancialAccount(FinancialAccount {
+                institution: SECOND_BANK_NAME.to_owned(),
+                account_ref: format!("6224****{:08}", self.index),
+                account_type: AccountType::Deposit as i32,
+                balance_fen,
+                income_12m_fen: balance_fen / 80,
+            })),
+        }]
     }
 
     fn value(&self, h: &Holding, holding_index: usize) -> Value {

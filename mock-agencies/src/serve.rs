@@ -1,6 +1,8 @@
 //! Serving the simulated agencies as their own process: one gRPC listener
-//! per source (`hedui.v1.AdapterService`, as a department would serve it)
-//! and one for the control service, each on an ephemeral port.
+//! per source (`hedui.v1.AdapterService`, as a department would serve it),
+//! one HTTP listener for each source that also has a REST API
+//! ([`crate::http`], the second rural bank included) and one for the control
+//! service, each on an ephemeral port.
 
 use std::{
     fmt,
@@ -17,8 +19,9 @@ use tonic::transport::{Server, server::Router};
 
 use crate::{
     control::ControlServer,
+    http,
     population::{Population, PopulationConfig},
-    sim::{FaultConfig, LatencyProfile, SimulatedAgencies, simulate_catalog},
+    sim::{FaultConfig, LatencyProfile, SimulatedAgencies, SimulatedSource, simulate_catalog},
 };
 
 /// How long [`RunningAgencies::shutdown`] waits for lookups in flight.
@@ -82,6 +85,7 @@ pub enum ServeError {
 pub struct RunningAgencies {
     control: SocketAddr,
     sources: Vec<(String, SocketAddr)>,
+    http: Vec<(String, SocketAddr)>,
     agencies: SimulatedAgencies,
     population: Arc<Population>,
     shutdown: watch::Sender<bool>,
@@ -93,6 +97,7 @@ impl fmt::Debug for RunningAgencies {
         f.debug_struct("RunningAgencies")
             .field("control", &self.control)
             .field("sources", &self.sources)
+            .field("http", &self.http)
             .field("population", &self.population)
             .finish()
     }
@@ -152,8 +157,30 @@ impl RunningAgencies {
                 })
         };
         let (shutdown, stop) = watch::channel(false);
-        let mut tasks = Vec::with_capacity(sources.len() + 1);
+        let mut tasks = Vec::with_capacity(sources.len() + 8);
         let mut addrs = Vec::with_capacity(sources.len());
+        let mut http_addrs = Vec::new();
+        // The second rural bank has a REST API only.
+        let second_bank = Arc::new(SimulatedSource::new(
+            &http::second_bank_spec(),
+            population.clone(),
+            config.profile.latency(crate::population::SECOND_BANK_ID),
+        ));
+        agencies.register(second_bank.control().clone());
+        let rest = sources
+            .iter()
+            .cloned()
+            .chain([second_bank])
+            .filter_map(|s| Some((s.source_id().to_owned(), http::router(s)?)));
+        for (id, router) in rest {
+            let listener = bind().await?;
+            let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+                host: config.host,
+                source,
+            })?;
+            tasks.push(http::spawn(listener, router, stop.clone()));
+            http_addrs.push((id, addr));
+        }
         for source in sources {
             let listener = bind().await?;
             let addr = listener.local_addr().map_err(|source| ServeError::Bind {
@@ -185,6 +212,7 @@ impl RunningAgencies {
         Ok(RunningAgencies {
             control,
             sources: addrs,
+            http: http_addrs,
             agencies,
             population,
             shutdown,
@@ -210,6 +238,19 @@ impl RunningAgencies {
     /// URL of a source's `AdapterService`.
     pub fn endpoint(&self, source_id: &str) -> Option<String> {
         self.sources
+            .iter()
+            .find(|(id, _)| id == source_id)
+            .map(|(_, a)| format!("http://{a}"))
+    }
+
+    /// Every source with a REST API, with its address.
+    pub fn http_sources(&self) -> &[(String, SocketAddr)] {
+        &self.http
+    }
+
+    /// URL of a source's REST API, e.g. `http://127.0.0.1:40124`.
+    pub fn http_endpoint(&self, source_id: &str) -> Option<String> {
+        self.http
             .iter()
             .find(|(id, _)| id == source_id)
             .map(|(_, a)| format!("http://{a}"))
@@ -242,17 +283,18 @@ impl RunningAgencies {
         out
     }
 
-    /// The one line printed when ready: JSON with the control endpoint and
-    /// each source's endpoint.
+    /// The one line printed when ready: JSON with the control endpoint,
+    /// each source's gRPC endpoint (`sources`) and each REST API (`http`).
     pub fn ready_line(&self) -> String {
-        let sources: serde_json::Map<String, serde_json::Value> = self
-            .sources
-            .iter()
-            .map(|(id, a)| (id.clone(), format!("http://{a}").into()))
-            .collect();
+        let map = |v: &[(String, SocketAddr)]| -> serde_json::Map<String, serde_json::Value> {
+            v.iter()
+                .map(|(id, a)| (id.clone(), format!("http://{a}").into()))
+                .collect()
+        };
         serde_json::json!({
             "control": self.control_endpoint(),
-            "sources": sources,
+            "sources": map(&self.sources),
+            "http": map(&self.http),
         })
         .to_string()
     }
@@ -325,6 +367,12 @@ mod tests {
         let ready: serde_json::Value = serde_json::from_str(&running.ready_line()).unwrap();
         assert_eq!(ready["control"], running.control_endpoint());
         assert_eq!(ready["sources"].as_object().unwrap().len(), 28);
+        let rest = ready["http"].as_object().unwrap();
+        assert_eq!(rest.len(), http::HTTP_SOURCES.len());
+        assert_eq!(
+            rest["tongchuan-rural-bank"].as_str(),
+            running.http_endpoint("tongchuan-rural-bank").as_deref()
+        );
 
         let catalog = Catalog::dachuan();
         let call = |id: &str| {
@@ -333,6 +381,7 @@ mod tests {
                 &GrpcParams {
                     endpoint: running.endpoint(id).unwrap(),
                     connect_timeout_ms: 1_000,
+                    max_answer_bytes: hedui_adapters::grpc::MAX_ANSWER_BYTES,
                 },
             )
             .unwrap()

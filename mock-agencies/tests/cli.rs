@@ -222,3 +222,81 @@ fn bad_flags_are_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--out"));
 }
+
+/// `sql load` writes the registers into views a reader may select from
+/// (and nothing else), with the broker's configuration; `sql remove`
+/// removes them. Needs the MariaDB at 127.0.0.1:3306 (or
+/// `HEDUI_TEST_MARIADB_URL`), and fails without it.
+#[tokio::test]
+async fn sql_load_makes_views_a_reader_may_only_select() {
+    use sqlx::Connection;
+
+    let admin = std::env::var("HEDUI_TEST_MARIADB_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let name = format!("cli_{}", std::process::id());
+    let out = scratch("sql-sources.toml");
+    let status = Command::new(BIN)
+        .args([
+            "sql",
+            "load",
+            "--server",
+            "mariadb",
+            "--admin-url",
+            &admin,
+            "--name",
+            &name,
+        ])
+        .args(["--households", "60", "--seed", "4", "--today", "2026-11-23"])
+        .args(["--source", "traffic-police", "--sources-out"])
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "MariaDB at {admin} is required for this test"
+    );
+    let written = std::fs::read_to_string(&out).unwrap();
+    let table: toml::Table = toml::from_str(&written).unwrap();
+    let entry = &table["sources"].as_array().unwrap()[0];
+    assert_eq!(entry["id"].as_str(), Some("traffic-police"));
+    let reader = entry["transport"]["url"].as_str().unwrap().to_owned();
+    let mut c = sqlx::MySqlConnection::connect(&reader).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM v_vehicle_by_owner")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(n > 0, "the view holds the population's vehicles");
+    let denied = sqlx::query("SELECT COUNT(*) FROM motor_vehicles")
+        .fetch_one(&mut c)
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("denied"), "{denied}");
+    let denied = sqlx::query("DELETE FROM v_vehicle_by_owner")
+        .execute(&mut c)
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("denied"), "{denied}");
+    c.close().await.unwrap();
+    let _ = std::fs::remove_file(&out);
+
+    let status = Command::new(BIN)
+        .args([
+            "sql",
+            "remove",
+            "--server",
+            "mariadb",
+            "--admin-url",
+            &admin,
+            "--name",
+            &name,
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        sqlx::MySqlConnection::connect(&reader).await.is_err(),
+        "the reader is gone"
+    );
+}

@@ -115,6 +115,7 @@ async fn a_simulated_source_over_grpc() {
         &GrpcParams {
             endpoint,
             connect_timeout_ms: 1_000,
+            max_answer_bytes: hedui_adapters::grpc::MAX_ANSWER_BYTES,
         },
     )
     .unwrap();

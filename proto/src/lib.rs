@@ -7,6 +7,8 @@
 //! - `hedui/v1/adapter.proto`: `AdapterService`, the protocol a source
 //!   implements in any language.
 //! - `hedui/v1/verification.proto`: `VerificationService` and the report.
+//! - `hedui/v1/audit.proto`: `AuditService`, the access log for auditors
+//!   and for households.
 //!
 //! The generated code lives in [`v1`]; this crate adds only small helpers
 //! that every other crate needs ([`v1::fact::Value::kind`], civil-date

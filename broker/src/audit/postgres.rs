@@ -1,0 +1,75 @@
+//! The PostgreSQL audit store: for production, shared by every broker
+//! replica. Writers lock the head row (`SELECT ... FOR UPDATE`), so records
+//! from several brokers still get consecutive positions and one chain.
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool, Postgres,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::{AuditError, store::shared_sql};
+
+/// The audit store in a PostgreSQL schema.
+#[derive(Debug, Clone)]
+pub struct PostgresAudit {
+    pool: PgPool,
+}
+
+impl PostgresAudit {
+    const NAME: &'static str = "postgres";
+    const HEAD_FOR_UPDATE: &'static str = "SELECT tree_size, last_leaf, frontier, checkpoint_size, checkpoint_time_ms, pruned_before FROM audit_head WHERE id = 1 FOR UPDATE";
+
+    /// Connects to `url`, creates `schema` if missing, and brings the audit
+    /// schema up to date in it.
+    ///
+    /// # Errors
+    /// [`AuditError`] when the server cannot be reached or migrated.
+    pub async fn open(url: &str, schema: &str, max_connections: u32) -> Result<Self, AuditError> {
+        if !valid_schema_name(schema) {
+            return Err(AuditError::Config(format!(
+                "audit.schema: {schema:?} must be letters, digits and underscores, not starting with a digit"
+            )));
+        }
+        let options: PgConnectOptions = url.parse()?;
+        // Create the schema with a connection outside it.
+        {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&pool)
+            .await?;
+            pool.close().await;
+        }
+        let options = options.options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+}
+
+/// Whether `s` is a plain SQL identifier (it is spliced into SQL).
+pub fn valid_schema_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 63
+}
+
+shared_sql!(PostgresAudit, Postgres);

@@ -1,0 +1,102 @@
+//! The SQLite audit store: the embedded default. WAL mode with
+//! `synchronous = FULL`, so a committed record is on disk; writers take the
+//! database's write lock (`BEGIN IMMEDIATE`) before reading the head.
+
+use std::{borrow::Cow, path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    Sqlite, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::{AuditError, store::shared_sql};
+
+/// The audit store in a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteAudit {
+    pool: SqlitePool,
+}
+
+impl SqliteAudit {
+    const NAME: &'static str = "sqlite";
+    const HEAD_FOR_UPDATE: &'static str = "SELECT tree_size, last_leaf, frontier, checkpoint_size, checkpoint_time_ms, pruned_before FROM audit_head WHERE id = 1";
+
+    /// Opens (creating if needed) the SQLite file at `path` and brings the
+    /// audit schema up to date. `:memory:` keeps the log in memory (tests).
+    ///
+    /// # Errors
+    /// [`AuditError`] when the file cannot be opened or migrated.
+    pub async fn open(path: &Path) -> Result<Self, AuditError> {
+        let memory = path.as_os_str() == ":memory:";
+        let options = if memory {
+            SqliteConnectOptions::from_str("sqlite::memory:")?
+        } else {
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(if std::env::var("HEDUI_SYNC_NORMAL").is_ok() {
+                    SqliteSynchronous::Normal
+                } else {
+                    SqliteSynchronous::Full
+                })
+                // Index pages stay in memory; the WAL is copied back into
+                // the database by a task of its own (below), not by the
+                // committing writer (the automatic checkpoint is a safety
+                // net at 400 MB).
+                .pragma("cache_size", "-65536")
+                .pragma("wal_autocheckpoint", "100000")
+                // Statement journals of multi-row inserts in memory, not in
+                // temporary files.
+                .pragma("temp_store", "memory")
+        }
+        .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 4 })
+            .connect_with(options)
+            .await?;
+        migrator().run(&pool).await?;
+        if !memory {
+            tokio::spawn(checkpoint_wal(pool.clone()));
+        }
+        Ok(Self { pool })
+    }
+
+    async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+/// Copies the WAL back into the database every second, beside the writer
+/// (a passive checkpoint never blocks it), until the pool closes.
+async fn checkpoint_wal(pool: SqlitePool) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "audit wal checkpoint failed");
+        }
+    }
+}
+
+/// The audit migrations of `migrations/sqlite` (the directory also holds
+/// the report store's, which an audit database does not need).
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!("./migrations/sqlite");
+    m.migrations = Cow::Owned(
+        m.migrations
+            .iter()
+            .filter(|m| m.description.contains("audit"))
+            .cloned()
+            .collect(),
+    );
+    m.set_ignore_missing(true);
+    m
+}
+
+shared_sql!(SqliteAudit, Sqlite);

@@ -1,0 +1,630 @@
+//! The audit store: one trait, [`AuditBackend`], with a SQLite and a
+//! PostgreSQL implementation over the same schema (`migrations/sqlite/*audit*`
+//! and `migrations/postgres/*audit*`) and the same SQL, written once in
+//! `shared_sql!` and expanded for each database.
+//!
+//! Tables:
+//! - `audit_records`: one row per record: `seq` (the leaf index), the
+//!   columns queries filter on, `leaf_hash`, and `body`, the canonical
+//!   bytes (NULL once purged past retention; the leaf hash stays).
+//! - `audit_index`: `(key, seq)` for what queries look records up by:
+//!   `subject:<keyed hash>` for every person a record concerns (a
+//!   household's history is one index lookup), `client:<identity>`,
+//!   `operator:<id>`. A commit appends a record's keys to
+//!   `audit_index_recent` in `seq` order (random inserts into an index would
+//!   cost a page each, in every commit, while callers wait); the writer
+//!   moves them to `audit_index` in large batches
+//!   ([`BatchPlan::index_keys`]). Queries read both.
+//! - `audit_checkpoints`: signed (tree size, root, time).
+//! - `audit_head`: one row, the tip of the log (size, last leaf, the Merkle
+//!   frontier); writers lock it, so records get consecutive `seq` even with
+//!   several brokers on one PostgreSQL.
+//! - `audit_meta`: the suite the log is written with.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use super::{AuditError, crypto::Hash, merkle::Frontier};
+
+/// The tip of the log, as locked by a writer.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    /// Records so far.
+    pub tree_size: u64,
+    /// Leaf hash of the last record.
+    pub last_leaf: Option<Hash>,
+    /// The Merkle frontier after the last record.
+    pub frontier: Frontier,
+    /// Tree size of the latest checkpoint.
+    pub checkpoint_size: u64,
+    /// Time of the latest checkpoint, ms since the epoch.
+    pub checkpoint_time_ms: i64,
+    /// Records below this `seq` have been purged.
+    pub pruned_before: u64,
+}
+
+/// One row of `audit_records`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Leaf index.
+    pub seq: u64,
+    /// Time of the access, ms since the epoch.
+    pub time_ms: i64,
+    /// Kind name.
+    pub kind: String,
+    /// Request id.
+    pub request_id: String,
+    /// Client identity.
+    pub client: String,
+    /// Operator.
+    pub operator: String,
+    /// Purpose.
+    pub purpose: String,
+    /// Outcome.
+    pub outcome: String,
+    /// Leaf hash of the canonical bytes.
+    pub leaf_hash: Vec<u8>,
+    /// Canonical bytes (JSON); `None` once purged.
+    pub body: Option<String>,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    /// Records covered.
+    pub tree_size: u64,
+    /// When it was made, ms since the epoch.
+    pub time_ms: i64,
+    /// Merkle root of the first `tree_size` records.
+    pub root: Vec<u8>,
+    /// Public key (hex) that signed it.
+    pub key: String,
+    /// Signature of [`super::checkpoint_message`].
+    pub signature: Vec<u8>,
+}
+
+/// What one write transaction stores.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// New records.
+    pub rows: Vec<Row>,
+    /// `(key, seq)` of the new records ([`index_keys`]).
+    pub keys: Vec<(String, u64)>,
+    /// The new head.
+    pub head: Head,
+    /// A checkpoint to add.
+    pub checkpoint: Option<CheckpointRow>,
+    /// Purge the bodies and keys of records below this `seq`.
+    pub prune_before: Option<u64>,
+    /// Move the keys of every committed record from `audit_index_recent`
+    /// to the indexed `audit_index`.
+    pub index_keys: bool,
+}
+
+/// Filters of a query; all given ones must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Keyed hash of a person's identity number.
+    pub subject: Option<String>,
+    /// Client identity.
+    pub client: Option<String>,
+    /// Operator.
+    pub operator: Option<String>,
+    /// Purpose name.
+    pub purpose: Option<String>,
+    /// A source contacted.
+    pub source: Option<String>,
+    /// Outcome.
+    pub outcome: Option<String>,
+    /// Kind name.
+    pub kind: Option<String>,
+    /// From this time (ms, inclusive).
+    pub from_ms: Option<i64>,
+    /// Until this time (ms, exclusive).
+    pub to_ms: Option<i64>,
+    /// Only records with a smaller `seq` (the cursor; results are newest
+    /// first).
+    pub before_seq: Option<u64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// A place where audit records are kept.
+#[async_trait]
+pub trait AuditBackend: Send + Sync + fmt::Debug {
+    /// `sqlite` or `postgres`.
+    fn name(&self) -> &'static str;
+
+    /// Whether the store answers (reads the head).
+    async fn ping(&self) -> Result<(), AuditError>;
+
+    /// In one transaction holding the head locked: gives the head and, when
+    /// `prune_cutoff_ms` is set, the first `seq` whose time is at or after
+    /// it (the records before may be purged), to `plan`; writes what it
+    /// returns; commits.
+    async fn append(
+        &self,
+        prune_cutoff_ms: Option<i64>,
+        plan: &mut (dyn FnMut(Head, Option<u64>) -> Result<BatchPlan, AuditError> + Send),
+    ) -> Result<(), AuditError>;
+
+    /// The suite recorded in the database, recording `suite` if none is.
+    async fn claim_suite(&self, suite: &str) -> Result<String, AuditError>;
+
+    /// Up to `limit` records from `from_seq` on, in order.
+    async fn records(&self, from_seq: u64, limit: u32) -> Result<Vec<Row>, AuditError>;
+
+    /// `(seq, key)` of records in `[from, to)`, ordered.
+    async fn keys_between(&self, from: u64, to: u64) -> Result<Vec<(u64, String)>, AuditError>;
+
+    /// Every checkpoint, by tree size.
+    async fn checkpoints(&self) -> Result<Vec<CheckpointRow>, AuditError>;
+
+    /// Leaf hashes of records below `upto`, in order, as `(seq, hash)`.
+    async fn leaf_hashes(&self, upto: u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError>;
+
+    /// Records matching `filter`, newest first.
+    async fn query(&self, filter: &Filter) -> Result<Vec<Row>, AuditError>;
+
+    /// The head as stored (not locked).
+    async fn head(&self) -> Result<Head, AuditError>;
+
+    /// Closes the connections.
+    async fn close(&self);
+}
+
+type RowTuple = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Option<String>,
+);
+
+pub(super) fn row_of(t: RowTuple) -> Row {
+    Row {
+        seq: t.0 as u64,
+        time_ms: t.1,
+        kind: t.2,
+        request_id: t.3,
+        client: t.4,
+        operator: t.5,
+        purpose: t.6,
+        outcome: t.7,
+        leaf_hash: t.8,
+        body: t.9,
+    }
+}
+
+pub(super) type HeadTuple = (i64, Option<Vec<u8>>, Vec<u8>, i64, i64, i64);
+
+pub(super) fn head_of(t: HeadTuple) -> Result<Head, AuditError> {
+    let corrupt = || AuditError::Corrupt("audit_head".into());
+    let frontier = Frontier::from_bytes(&t.2).ok_or_else(corrupt)?;
+    if frontier.size() != t.0 as u64 {
+        return Err(corrupt());
+    }
+    Ok(Head {
+        tree_size: t.0 as u64,
+        last_leaf: match t.1 {
+            None => None,
+            Some(b) => Some(b.try_into().map_err(|_| corrupt())?),
+        },
+        frontier,
+        checkpoint_size: t.3 as u64,
+        checkpoint_time_ms: t.4,
+        pruned_before: t.5 as u64,
+    })
+}
+
+/// The keys a record is found by: its subjects, client and operator.
+pub fn index_keys(entry: &super::Entry) -> Vec<String> {
+    let mut keys: Vec<String> = entry
+        .subjects
+        .iter()
+        .map(|s| format!("subject:{s}"))
+        .collect();
+    if !entry.client.is_empty() {
+        keys.push(format!("client:{}", entry.client));
+    }
+    if !entry.operator.is_empty() {
+        keys.push(format!("operator:{}", entry.operator));
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
+pub(super) fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub(super) const RECORD_COLUMNS: &str =
+    "seq, time_ms, kind, request_id, client, operator, purpose, outcome, leaf_hash, body";
+
+/// Records per INSERT statement (10 parameters each; below every
+/// database's parameter limit).
+pub(super) const ROWS_PER_INSERT: usize = 500;
+
+/// The SQL both backends share, expanded once per database type: every
+/// statement is built with `QueryBuilder`, which writes the placeholders
+/// each database wants.
+macro_rules! shared_sql {
+    ($backend:ty, $db:ty) => {
+        impl $backend {
+            async fn write_plan(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                mut plan: $crate::audit::store::BatchPlan,
+            ) -> Result<(), sqlx::Error> {
+                use sqlx::QueryBuilder;
+                let mut rows = std::mem::take(&mut plan.rows);
+                while !rows.is_empty() {
+                    let rest =
+                        rows.split_off(rows.len().min($crate::audit::store::ROWS_PER_INSERT));
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO audit_records ({}) ",
+                        $crate::audit::store::RECORD_COLUMNS
+                    ));
+                    q.push_values(rows, |mut b, r| {
+                        b.push_bind(r.seq as i64)
+                            .push_bind(r.time_ms)
+                            .push_bind(r.kind)
+                            .push_bind(r.request_id)
+                            .push_bind(r.client)
+                            .push_bind(r.operator)
+                            .push_bind(r.purpose)
+                            .push_bind(r.outcome)
+                            .push_bind(r.leaf_hash)
+                            .push_bind(r.body);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                    rows = rest;
+                }
+                for chunk in plan.keys.chunks(4 * $crate::audit::store::ROWS_PER_INSERT) {
+                    let mut q =
+                        QueryBuilder::<$db>::new("INSERT INTO audit_index_recent (key, seq) ");
+                    q.push_values(chunk, |mut b, (s, seq)| {
+                        b.push_bind(s.clone()).push_bind(*seq as i64);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                if let Some(before) = plan.prune_before {
+                    let before = before as i64;
+                    QueryBuilder::<$db>::new(
+                        "UPDATE audit_records SET body = NULL, request_id = '', client = '', \
+                         operator = '', purpose = '', outcome = '' \
+                         WHERE body IS NOT NULL AND seq < ",
+                    )
+                    .push_bind(before)
+                    .build()
+                    .execute(&mut **tx)
+                    .await?;
+                    for table in ["audit_index", "audit_index_recent"] {
+                        QueryBuilder::<$db>::new(format!("DELETE FROM {table} WHERE seq < "))
+                            .push_bind(before)
+                            .build()
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
+                if plan.index_keys {
+                    sqlx::query(
+                        "INSERT INTO audit_index (key, seq) SELECT key, seq FROM audit_index_recent",
+                    )
+                    .execute(&mut **tx)
+                    .await?;
+                    sqlx::query("DELETE FROM audit_index_recent")
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                if let Some(c) = &plan.checkpoint {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO audit_checkpoints (tree_size, time_ms, root, signing_key, signature) VALUES (",
+                    );
+                    q.push_bind(c.tree_size as i64)
+                        .push(", ")
+                        .push_bind(c.time_ms)
+                        .push(", ")
+                        .push_bind(c.root.clone())
+                        .push(", ")
+                        .push_bind(c.key.clone())
+                        .push(", ")
+                        .push_bind(c.signature.clone())
+                        .push(")");
+                    q.build().execute(&mut **tx).await?;
+                }
+                let h = &plan.head;
+                let mut q = QueryBuilder::<$db>::new("UPDATE audit_head SET tree_size = ");
+                q.push_bind(h.tree_size as i64)
+                    .push(", last_leaf = ")
+                    .push_bind(h.last_leaf.map(|l| l.to_vec()))
+                    .push(", frontier = ")
+                    .push_bind(h.frontier.to_bytes())
+                    .push(", checkpoint_size = ")
+                    .push_bind(h.checkpoint_size as i64)
+                    .push(", checkpoint_time_ms = ")
+                    .push_bind(h.checkpoint_time_ms)
+                    .push(", pruned_before = ")
+                    .push_bind(h.pruned_before as i64)
+                    .push(" WHERE id = 1");
+                q.build().execute(&mut **tx).await?;
+                Ok(())
+            }
+
+            async fn prune_point(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                cutoff_ms: i64,
+                tree_size: u64,
+            ) -> Result<u64, sqlx::Error> {
+                let first: Option<(i64,)> = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT seq FROM audit_records WHERE time_ms >= ",
+                )
+                .push_bind(cutoff_ms)
+                .push(" ORDER BY seq LIMIT 1")
+                .build_query_as()
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(first.map_or(tree_size, |(s,)| s as u64))
+            }
+
+            async fn claim_suite_impl(&self, suite: &str) -> Result<String, sqlx::Error> {
+                sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO audit_meta (key, value) VALUES ('suite', ",
+                )
+                .push_bind(suite.to_owned())
+                .push(") ON CONFLICT (key) DO NOTHING")
+                .build()
+                .execute(&self.pool)
+                .await?;
+                let (v,): (String,) =
+                    sqlx::query_as("SELECT value FROM audit_meta WHERE key = 'suite'")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(v)
+            }
+
+            async fn records_impl(
+                &self,
+                from_seq: u64,
+                limit: u32,
+            ) -> Result<Vec<$crate::audit::store::Row>, sqlx::Error> {
+                let rows: Vec<_> = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM audit_records WHERE seq >= ",
+                    $crate::audit::store::RECORD_COLUMNS
+                ))
+                .push_bind(from_seq as i64)
+                .push(" ORDER BY seq LIMIT ")
+                .push_bind(i64::from(limit))
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map($crate::audit::store::row_of).collect())
+            }
+
+            async fn keys_between_impl(
+                &self,
+                from: u64,
+                to: u64,
+            ) -> Result<Vec<(u64, String)>, sqlx::Error> {
+                let rows: Vec<(i64, String)> = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT seq, key FROM audit_index WHERE seq >= ",
+                )
+                .push_bind(from as i64)
+                .push(" AND seq < ")
+                .push_bind(to as i64)
+                .push(" UNION ALL SELECT seq, key FROM audit_index_recent WHERE seq >= ")
+                .push_bind(from as i64)
+                .push(" AND seq < ")
+                .push_bind(to as i64)
+                .push(" ORDER BY 1, 2")
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|(s, x)| (s as u64, x)).collect())
+            }
+
+            async fn checkpoints_impl(
+                &self,
+            ) -> Result<Vec<$crate::audit::store::CheckpointRow>, sqlx::Error> {
+                let rows: Vec<(i64, i64, Vec<u8>, String, Vec<u8>)> = sqlx::query_as(
+                    "SELECT tree_size, time_ms, root, signing_key, signature \
+                     FROM audit_checkpoints ORDER BY tree_size, time_ms",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| $crate::audit::store::CheckpointRow {
+                        tree_size: r.0 as u64,
+                        time_ms: r.1,
+                        root: r.2,
+                        key: r.3,
+                        signature: r.4,
+                    })
+                    .collect())
+            }
+
+            async fn leaf_hashes_impl(
+                &self,
+                upto: u64,
+            ) -> Result<Vec<(u64, Vec<u8>)>, sqlx::Error> {
+                let rows: Vec<(i64, Vec<u8>)> = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT seq, leaf_hash FROM audit_records WHERE seq < ",
+                )
+                .push_bind(upto as i64)
+                .push(" ORDER BY seq")
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|(s, h)| (s as u64, h)).collect())
+            }
+
+            async fn query_impl(
+                &self,
+                f: &$crate::audit::store::Filter,
+            ) -> Result<Vec<$crate::audit::store::Row>, sqlx::Error> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM audit_records WHERE body IS NOT NULL",
+                    $crate::audit::store::RECORD_COLUMNS
+                ));
+                for (prefix, value) in [
+                    ("subject", &f.subject),
+                    ("client", &f.client),
+                    ("operator", &f.operator),
+                ] {
+                    if let Some(v) = value {
+                        let key = format!("{prefix}:{v}");
+                        q.push(" AND seq IN (SELECT seq FROM audit_index WHERE key = ")
+                            .push_bind(key.clone())
+                            .push(" UNION ALL SELECT seq FROM audit_index_recent WHERE key = ")
+                            .push_bind(key)
+                            .push(")");
+                    }
+                }
+                for (column, value) in [
+                    ("purpose", &f.purpose),
+                    ("outcome", &f.outcome),
+                    ("kind", &f.kind),
+                ] {
+                    if let Some(v) = value {
+                        q.push(format!(" AND {column} = ")).push_bind(v.clone());
+                    }
+                }
+                if let Some(s) = &f.source {
+                    // A source is `["id","status",cache_hit,facts]` in
+                    // the canonical body.
+                    q.push(" AND body LIKE ")
+                        .push_bind(format!(
+                            "%[{},%",
+                            $crate::audit::store::like_escape(
+                                &serde_json::to_string(s).expect("a string serializes")
+                            )
+                        ))
+                        .push(" ESCAPE '\\'");
+                }
+                if let Some(t) = f.from_ms {
+                    q.push(" AND time_ms >= ").push_bind(t);
+                }
+                if let Some(t) = f.to_ms {
+                    q.push(" AND time_ms < ").push_bind(t);
+                }
+                if let Some(s) = f.before_seq {
+                    q.push(" AND seq < ").push_bind(s as i64);
+                }
+                q.push(" ORDER BY seq DESC LIMIT ")
+                    .push_bind(i64::from(f.limit));
+                let rows: Vec<_> = q.build_query_as().fetch_all(&self.pool).await?;
+                Ok(rows.into_iter().map($crate::audit::store::row_of).collect())
+            }
+
+            async fn head_impl(&self) -> Result<$crate::audit::store::HeadTuple, sqlx::Error> {
+                sqlx::query_as(
+                    "SELECT tree_size, last_leaf, frontier, checkpoint_size, checkpoint_time_ms, \
+                     pruned_before FROM audit_head WHERE id = 1",
+                )
+                .fetch_one(&self.pool)
+                .await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::audit::store::AuditBackend for $backend {
+            fn name(&self) -> &'static str {
+                Self::NAME
+            }
+
+            async fn ping(&self) -> Result<(), $crate::audit::AuditError> {
+                self.head_impl().await?;
+                Ok(())
+            }
+
+            async fn append(
+                &self,
+                prune_cutoff_ms: Option<i64>,
+                plan: &mut (dyn FnMut(
+                    $crate::audit::store::Head,
+                    Option<u64>,
+                ) -> Result<$crate::audit::store::BatchPlan, $crate::audit::AuditError>
+                          + Send),
+            ) -> Result<(), $crate::audit::AuditError> {
+                let mut tx = self.begin_locked().await?;
+                let head: $crate::audit::store::HeadTuple = sqlx::query_as(Self::HEAD_FOR_UPDATE)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let head = $crate::audit::store::head_of(head)?;
+                let prune = match prune_cutoff_ms {
+                    Some(cutoff) => Some(Self::prune_point(&mut tx, cutoff, head.tree_size).await?),
+                    None => None,
+                };
+                let planned = plan(head, prune)?;
+                Self::write_plan(&mut tx, planned).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn claim_suite(&self, suite: &str) -> Result<String, $crate::audit::AuditError> {
+                Ok(self.claim_suite_impl(suite).await?)
+            }
+
+            async fn records(
+                &self,
+                from_seq: u64,
+                limit: u32,
+            ) -> Result<Vec<$crate::audit::store::Row>, $crate::audit::AuditError> {
+                Ok(self.records_impl(from_seq, limit).await?)
+            }
+
+            async fn keys_between(
+                &self,
+                from: u64,
+                to: u64,
+            ) -> Result<Vec<(u64, String)>, $crate::audit::AuditError> {
+                Ok(self.keys_between_impl(from, to).await?)
+            }
+
+            async fn checkpoints(
+                &self,
+            ) -> Result<Vec<$crate::audit::store::CheckpointRow>, $crate::audit::AuditError> {
+                Ok(self.checkpoints_impl().await?)
+            }
+
+            async fn leaf_hashes(
+                &self,
+                upto: u64,
+            ) -> Result<Vec<(u64, Vec<u8>)>, $crate::audit::AuditError> {
+                Ok(self.leaf_hashes_impl(upto).await?)
+            }
+
+            async fn query(
+                &self,
+                filter: &$crate::audit::store::Filter,
+            ) -> Result<Vec<$crate::audit::store::Row>, $crate::audit::AuditError> {
+                Ok(self.query_impl(filter).await?)
+            }
+
+            async fn head(&self) -> Result<$crate::audit::store::Head, $crate::audit::AuditError> {
+                $crate::audit::store::head_of(self.head_impl().await?)
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+        }
+    };
+}
+
+pub(super) use shared_sql;

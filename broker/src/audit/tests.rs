@@ -1,0 +1,246 @@
+//! The audit store's test suite, run against both backends and both
+//! suites: `suite!(name, open)` expands every test for one combination.
+
+use std::sync::Arc;
+
+use super::{
+    AuditLog, Entry, Kind,
+    check::{prove, verify_log},
+    crypto::Suite,
+    merkle,
+    record::now_ms,
+    store::Filter,
+    testkit::{TestStore, sample_entry, sample_id},
+};
+
+async fn fill(log: &AuditLog, n: usize) {
+    let key = log.subject_key().clone();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let log = log.clone();
+            let e = sample_entry(i, &key);
+            tokio::spawn(async move { log.record(e).await.unwrap() })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for h in handles {
+        seqs.push(h.await.unwrap().seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>(), "one position each");
+}
+
+async fn verify(store: &TestStore, log_key: &str) -> super::check::VerifyReport {
+    let backend = store.backend().await.unwrap();
+    let r = verify_log(backend.as_ref(), store.config.suite, log_key)
+        .await
+        .unwrap();
+    backend.close().await;
+    r
+}
+
+/// Tampers with a copy of `store` and returns the first bad record
+/// `verify` names.
+async fn tampered(store: &TestStore, name: &str, sql: &str, key: &str) -> Option<u64> {
+    let copy = store.copy(name).await.unwrap();
+    copy.exec(sql).await.unwrap();
+    let report = verify(&copy, key).await;
+    let problem = report.problem.expect("tampering is found");
+    problem.record
+}
+
+macro_rules! suite {
+    ($name:ident, $store:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_records_get_one_position_each_and_verify() {
+                let dir = tempfile::tempdir().unwrap();
+                let store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                fill(&log, 300).await;
+                log.checkpoint().await.unwrap();
+                let key = log.public_key_hex();
+                log.close().await;
+                let report = verify(&store, &key).await;
+                assert!(report.ok(), "{report}");
+                assert_eq!(report.records, 300);
+                assert_eq!(report.latest.unwrap().tree_size, 300);
+                // A closed log takes no more records.
+                assert!(log.record(Entry::new(Kind::Denied)).await.is_err());
+                assert!(log.ready().await.is_err());
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn queries_filter_and_page() {
+                let dir = tempfile::tempdir().unwrap();
+                let store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                log.ready().await.unwrap();
+                let key = log.subject_key().clone();
+                for i in 0..60 {
+                    log.record(sample_entry(i, &key)).await.unwrap();
+                }
+                let b = log.backend();
+                let q = |f: Filter| {
+                    let b = Arc::clone(b);
+                    async move { b.query(&Filter { limit: 1000, ..f }).await.unwrap() }
+                };
+                let subject = key.subject(&sample_id(7, 1));
+                let rows = q(Filter { subject: Some(subject), ..Default::default() }).await;
+                assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![7]);
+                let rows = q(Filter { operator: Some("case-worker-03".into()), ..Default::default() }).await;
+                assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![55, 42, 29, 16, 3]);
+                let rows = q(Filter { client: Some("10.0.0.1".into()), purpose: Some("dibao_review".into()), ..Default::default() }).await;
+                assert!(rows.iter().all(|r| r.seq % 7 == 1 && r.seq % 3 == 1));
+                assert_eq!(rows.len(), 3);
+                // Source 05 timed out for i with (i + 5) % 17 == 0.
+                let mut f = Filter { source: Some("source-05".into()), ..Default::default() };
+                assert_eq!(q(f.clone()).await.len(), 60);
+                f.source = Some("source_05".into());
+                assert_eq!(q(f).await.len(), 0, "LIKE wildcards are escaped");
+                let rows = q(Filter { kind: Some("denied".into()), ..Default::default() }).await;
+                assert!(rows.is_empty());
+                let rows = q(Filter { outcome: Some("ok".into()), from_ms: Some(0), to_ms: Some(now_ms() + 1000), ..Default::default() }).await;
+                assert_eq!(rows.len(), 60);
+                // Pages of 25, newest first, by cursor.
+                let mut seen = Vec::new();
+                let mut before = None;
+                loop {
+                    let page = b.query(&Filter { limit: 25, before_seq: before, ..Default::default() }).await.unwrap();
+                    if page.is_empty() {
+                        break;
+                    }
+                    before = page.last().map(|r| r.seq);
+                    seen.extend(page.iter().map(|r| r.seq));
+                }
+                assert_eq!(seen, (0..60).rev().collect::<Vec<_>>());
+                log.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_kind_of_tampering_names_the_first_bad_record() {
+                let dir = tempfile::tempdir().unwrap();
+                let store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                fill(&log, 120).await;
+                log.checkpoint().await.unwrap();
+                let key = log.public_key_hex();
+                log.close().await;
+                assert!(verify(&store, &key).await.ok());
+                let cases = [
+                    ("field", "UPDATE audit_records SET operator = 'forged' WHERE seq = 40", 40),
+                    ("body", "UPDATE audit_records SET body = REPLACE(body, '\"latency_ms\":', '\"latency_ms\":1') WHERE seq = 41", 41),
+                    ("subject", "DELETE FROM audit_index WHERE seq = 42 AND key LIKE 'subject:%'", 42),
+                    ("operator", "UPDATE audit_index SET key = 'operator:someone' WHERE seq = 39 AND key LIKE 'operator:%'", 39),
+                    ("delete", "DELETE FROM audit_records WHERE seq = 43", 43),
+                    ("renumbered", "DELETE FROM audit_records WHERE seq = 44; UPDATE audit_records SET seq = -seq WHERE seq > 44; UPDATE audit_records SET seq = -seq - 1 WHERE seq < 0", 44),
+                    ("insert", "UPDATE audit_records SET seq = -seq - 1 WHERE seq >= 45; UPDATE audit_records SET seq = -seq WHERE seq < 0; INSERT INTO audit_records SELECT 45, time_ms, kind, request_id, client, operator, purpose, outcome, leaf_hash, body FROM audit_records WHERE seq = 10", 45),
+                    ("swap", "UPDATE audit_records SET seq = -1 WHERE seq = 46; UPDATE audit_records SET seq = 46 WHERE seq = 90; UPDATE audit_records SET seq = 90 WHERE seq = -1", 46),
+                    ("truncate", "DELETE FROM audit_records WHERE seq >= 100", 100),
+                ];
+                for (name, sql, first_bad) in cases {
+                    assert_eq!(tampered(&store, name, sql, &key).await, Some(first_bad), "{name}");
+                }
+                // A log whose tail was cut is not written to.
+                let cut = store.copy("cut").await.unwrap();
+                cut.exec("DELETE FROM audit_records WHERE seq >= 100").await.unwrap();
+                let e = cut.open().await.unwrap_err();
+                assert!(e.to_string().contains("does not match its last record"), "{e}");
+                // A forged checkpoint names no record but fails.
+                let copy = store.copy("forged").await.unwrap();
+                copy.exec("UPDATE audit_checkpoints SET time_ms = time_ms + 1").await.unwrap();
+                let r = verify(&copy, &key).await;
+                assert!(r.problem.unwrap().message.contains("not signed"));
+                // The untouched log still verifies.
+                assert!(verify(&store, &key).await.ok());
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn purge_keeps_the_log_verifiable() {
+                let dir = tempfile::tempdir().unwrap();
+                let store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                let key = log.subject_key().clone();
+                let old = now_ms() - 4 * 366 * 86_400_000;
+                for i in 0..30 {
+                    let mut e = sample_entry(i, &key);
+                    if i < 20 {
+                        e.time_ms = old + i as i64;
+                    }
+                    log.record(e).await.unwrap();
+                }
+                let purged = log.purge(now_ms()).await.unwrap();
+                assert_eq!((purged.records, purged.before), (20, 20));
+                assert_eq!(purged.receipt.unwrap().seq, 30);
+                // Nothing more to purge: nothing recorded.
+                assert_eq!(log.purge(now_ms()).await.unwrap().records, 0);
+                let gone = key.subject(&sample_id(3, 0));
+                let f = Filter { subject: Some(gone), limit: 10, ..Default::default() };
+                assert!(log.backend().query(&f).await.unwrap().is_empty());
+                let kept = key.subject(&sample_id(25, 0));
+                let f = Filter { subject: Some(kept), limit: 10, ..Default::default() };
+                assert_eq!(log.backend().query(&f).await.unwrap().len(), 1);
+                let pk = log.public_key_hex();
+                log.close().await;
+                let report = verify(&store, &pk).await;
+                assert!(report.ok(), "{report}");
+                assert_eq!((report.records, report.purged), (31, 20));
+                // Purging more than a purge record covers is tampering.
+                let bad = tampered(&store, "overpurged", "UPDATE audit_records SET body = NULL WHERE seq = 20", &pk).await;
+                assert_eq!(bad, Some(20));
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn proofs_verify_against_the_checkpoint() {
+                let dir = tempfile::tempdir().unwrap();
+                let store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                fill(&log, 37).await;
+                let suite = store.config.suite;
+                assert!(prove(log.backend().as_ref(), suite, 5).await.is_err(), "no checkpoint yet");
+                log.checkpoint().await.unwrap();
+                for seq in [0, 5, 36] {
+                    let p = prove(log.backend().as_ref(), suite, seq).await.unwrap();
+                    let root: merkle::Hash = p.checkpoint.root.as_slice().try_into().unwrap();
+                    assert!(merkle::verify_inclusion(suite, &p.leaf_hash, seq, 37, &p.path, &root));
+                    assert_eq!(p.leaf_hash, merkle::leaf_hash(suite, p.body.unwrap().as_bytes()));
+                }
+                assert!(prove(log.backend().as_ref(), suite, 37).await.is_err());
+                log.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_log_keeps_its_suite() {
+                let dir = tempfile::tempdir().unwrap();
+                let mut store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                log.close().await;
+                store.config.suite = match store.config.suite {
+                    Suite::Sha256Ed25519 => Suite::Sm3Sm2,
+                    Suite::Sm3Sm2 => Suite::Sha256Ed25519,
+                };
+                let e = store.open().await.unwrap_err();
+                assert!(e.to_string().starts_with("audit.suite"), "{e}");
+            }
+        }
+    };
+}
+
+suite!(sqlite_sha256, |d: &std::path::Path| TestStore::sqlite(
+    d,
+    "a",
+    Suite::Sha256Ed25519
+));
+suite!(sqlite_sm3, |d: &std::path::Path| TestStore::sqlite(
+    d,
+    "a",
+    Suite::Sm3Sm2
+));
+suite!(postgres_sha256, |_: &std::path::Path| TestStore::postgres(
+    Suite::Sha256Ed25519
+));
+suite!(postgres_sm3, |_: &std::path::Path| TestStore::postgres(
+    Suite::Sm3Sm2
+));
