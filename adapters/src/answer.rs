@@ -11,6 +11,17 @@ use crate::{AdapterError, mapping::check_fact_values};
 /// Largest number of facts accepted about one person in one answer.
 pub const MAX_FACTS_PER_PERSON: usize = 1_000;
 
+/// The persons a request asks about, each once, in the order asked.
+pub fn distinct_person_ids(request: &LookupRequest) -> Vec<String> {
+    let mut seen = HashSet::with_capacity(request.person_ids.len());
+    request
+        .person_ids
+        .iter()
+        .filter(|p| seen.insert(p.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// Checks that `response` answers `request`: every person asked about
 /// appears exactly once, nobody else appears, every fact has a value and an
 /// as-of time, every fact is of a kind in `served` (when not empty) and in

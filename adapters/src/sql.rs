@@ -33,7 +33,7 @@
 //! decimal columns (`NUMERIC`, `DECIMAL`) are read exactly.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     str::FromStr,
     sync::Arc,
     time::Duration,
@@ -766,13 +766,7 @@ impl Adapter for SqlAdapter {
         if ctx.remaining().is_zero() {
             return Err(AdapterError::Timeout);
         }
-        let mut seen = HashSet::with_capacity(request.person_ids.len());
-        let ids: Vec<String> = request
-            .person_ids
-            .iter()
-            .filter(|p| seen.insert(p.as_str()))
-            .cloned()
-            .collect();
+        let ids = crate::answer::distinct_person_ids(&request);
         let wanted: Vec<FactKind> = request.fact_kinds().collect();
         let answers =
             match tokio::time::timeout_at(ctx.deadline, self.fetch(ctx, &ids, &wanted)).await {

@@ -117,6 +117,49 @@ impl Agencies {
     }
 }
 
+/// Writes the configuration of a broker that asks `agencies`, with its
+/// report store in `dir` and `extra_config` added; returns its path.
+fn write_broker_config(
+    dir: &Path,
+    agencies: &Agencies,
+    extra_config: &str,
+) -> anyhow::Result<PathBuf> {
+    let config_path = dir.join("hedui.toml");
+    let store = dir.join("reports.db");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = {store:?}\n\n{extra_config}\n\n{}",
+        agencies.sources_toml
+    );
+    std::fs::write(&config_path, config)?;
+    Ok(config_path)
+}
+
+/// Starts `hedui serve --config <config_path>`, with `configure` applied to
+/// the command first, and waits for its ready line; returns the child, the
+/// URL of its gRPC API and the whole ready line.
+async fn spawn_hedui(
+    config_path: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> anyhow::Result<(Child, String, serde_json::Value)> {
+    let mut command = Command::new(workspace_bin("hedui"));
+    command.arg("serve").arg("--config").arg(config_path);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    configure(&mut command);
+    let mut child = command.spawn().context("starting hedui")?;
+    let line = ready_line(&mut child, "hedui").await?;
+    let ready: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
+    let Some(addr) = ready["listening"].as_str() else {
+        bail!("ready line {line:?} has no listening address");
+    };
+    let url = format!("http://{addr}");
+    Ok((child, url, ready))
+}
+
 /// The broker, running as its own process.
 #[derive(Debug)]
 pub struct Broker {
@@ -134,32 +177,11 @@ impl Broker {
     /// When the process does not start or get ready.
     pub async fn start(agencies: &Agencies, extra_config: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let config_path = dir.path().join("hedui.toml");
-        let store = dir.path().join("reports.db");
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = {store:?}\n\n{extra_config}\n\n{}",
-            agencies.sources_toml
-        );
-        std::fs::write(&config_path, config)?;
-        let mut child = Command::new(workspace_bin("hedui"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting hedui")?;
-        let line = ready_line(&mut child, "hedui").await?;
-        let ready: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
-        let Some(addr) = ready["listening"].as_str() else {
-            bail!("ready line {line:?} has no listening address");
-        };
+        let config_path = write_broker_config(dir.path(), agencies, extra_config)?;
+        let (child, url, _) = spawn_hedui(&config_path, |_| {}).await?;
         Ok(Self {
             child,
-            url: format!("http://{addr}"),
+            url,
             _dir: dir,
         })
     }
@@ -205,38 +227,20 @@ impl Broker {
         log_file: &Path,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let config_path = dir.path().join("hedui.toml");
-        let store = dir.path().join("reports.db");
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = {store:?}\n\n{extra_config}\n\n{}",
-            agencies.sources_toml
-        );
-        std::fs::write(&config_path, config)?;
+        let config_path = write_broker_config(dir.path(), agencies, extra_config)?;
         let log = std::fs::File::create(log_file)?;
-        let mut child = Command::new(workspace_bin("hedui"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env(
+        let (child, url, _) = spawn_hedui(&config_path, |c| {
+            c.env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
             )
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting hedui")?;
-        let line = ready_line(&mut child, "hedui").await?;
-        let ready: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
-        let Some(addr) = ready["listening"].as_str() else {
-            bail!("ready line {line:?} has no listening address");
-        };
+            .stderr(Stdio::from(log));
+        })
+        .await?;
         Ok(Self {
             child,
-            url: format!("http://{addr}"),
+            url,
             _dir: dir,
         })
     }
@@ -456,27 +460,13 @@ impl BrokerProcess {
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"reports.db\"\n\n[verification]\ndefault_deadline_ms = 10000\n\n{config_body}"
         );
         std::fs::write(&config_path, config)?;
-        let mut child = Command::new(workspace_bin("hedui"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting hedui")?;
-        let line = ready_line(&mut child, "hedui").await?;
-        let ready: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
-        let Some(addr) = ready["listening"].as_str() else {
-            bail!("ready line {line:?} has no listening address");
-        };
+        let (child, url, ready) = spawn_hedui(&config_path, |c| {
+            c.args(args).current_dir(dir.path());
+        })
+        .await?;
         Ok(Self {
             child,
-            url: format!("http://{addr}"),
+            url,
             federation: ready["federation"].as_str().map(|a| format!("http://{a}")),
             dir,
         })

@@ -1035,13 +1035,7 @@ impl Adapter for HttpAdapter {
         if ctx.remaining().is_zero() {
             return Err(AdapterError::Timeout);
         }
-        let mut seen = HashSet::with_capacity(request.person_ids.len());
-        let ids: Vec<String> = request
-            .person_ids
-            .iter()
-            .filter(|p| seen.insert(p.as_str()))
-            .cloned()
-            .collect();
+        let ids = crate::answer::distinct_person_ids(&request);
         let (answers, as_of) =
             match tokio::time::timeout_at(ctx.deadline, self.fetch(ctx, &request, &ids)).await {
                 Err(_) => return Err(AdapterError::Timeout),
