@@ -520,3 +520,17 @@ pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
+
+/// Lookups the simulated agencies behind the control service at `control`
+/// have served since their counters were last reset, over every source.
+///
+/// # Errors
+/// When the control service cannot be reached.
+pub async fn total_lookups(control: &str) -> anyhow::Result<u64> {
+    use hedui_mock_agencies::control::proto::{
+        GetStatsRequest, agency_control_service_client::AgencyControlServiceClient,
+    };
+    let mut c = AgencyControlServiceClient::connect(control.to_owned()).await?;
+    let stats = c.get_stats(GetStatsRequest::default()).await?.into_inner();
+    Ok(stats.sources.iter().map(|s| s.lookups).sum())
+}

@@ -9,8 +9,7 @@ use std::{
 use futures::{StreamExt, stream};
 use hedui_mock_agencies::{
     control::proto::{
-        GetStatsRequest, ResetStatsRequest,
-        agency_control_service_client::AgencyControlServiceClient,
+        ResetStatsRequest, agency_control_service_client::AgencyControlServiceClient,
     },
     population::{Population, PopulationConfig},
     truth::{INDICATOR_IDS, TruthPolicy},
@@ -19,7 +18,7 @@ use hedui_proto::v1::{
     GetReportRequest, Outcome, Purpose, Report, SourceStatus, StreamVerifyRequest,
     VerificationRequest, VerifyRequest, stream_verify_response::Event,
 };
-use hedui_tests::{Agencies, Broker, SEED, china_today};
+use hedui_tests::{Agencies, Broker, SEED, china_today, total_lookups};
 use tonic::Code;
 
 fn request(applicant_id: &str) -> VerificationRequest {
@@ -40,18 +39,6 @@ fn population(households: usize, today: &str) -> Population {
         households,
         today: today.parse().expect("date"),
     })
-}
-
-async fn total_lookups(control: &str) -> u64 {
-    let mut c = AgencyControlServiceClient::connect(control.to_owned())
-        .await
-        .expect("control reachable");
-    let stats = c
-        .get_stats(GetStatsRequest::default())
-        .await
-        .expect("stats")
-        .into_inner();
-    stats.sources.iter().map(|s| s.lookups).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +250,7 @@ async fn invalid_requests_are_refused_before_any_source_is_called() {
             .expect_err("invalid request must be refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
     }
-    assert_eq!(total_lookups(&agencies.control).await, 0);
+    assert_eq!(total_lookups(&agencies.control).await.unwrap(), 0);
     broker.stop().await;
     agencies.stop().await;
 }
