@@ -439,6 +439,40 @@ impl AdapterFactory for PeerFactory {
 
 // === the server ===
 
+/// A lookup a [`PeerServer`] served (or failed to), for its log.
+#[derive(Debug)]
+pub struct ServedLookup<'a> {
+    /// The brokers the lookup passed, the asking one first, this one last.
+    pub path: &'a [String],
+    /// The address the lookup came from.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The lookup as received.
+    pub request: &'a LookupRequest,
+    /// The answer returned (record ids already prefixed), or why none was.
+    pub outcome: Result<&'a LookupResponse, &'a Status>,
+    /// Time from receiving the lookup to the answer.
+    pub latency: Duration,
+}
+
+/// Where a [`PeerServer`] records the lookups it serves: a broker's audit
+/// log. A lookup is answered only after its record is durable; when the
+/// log cannot take records the source is not asked and the peer gets
+/// `UNAVAILABLE`.
+#[async_trait]
+pub trait LookupLog: Send + Sync + fmt::Debug {
+    /// Whether the log can take a record now; asked before the source.
+    ///
+    /// # Errors
+    /// Why it cannot (the lookup is refused with `UNAVAILABLE`).
+    async fn ready(&self) -> Result<(), String>;
+
+    /// Records a served lookup durably.
+    ///
+    /// # Errors
+    /// Why it could not (the answer is withheld, `UNAVAILABLE`).
+    async fn record(&self, lookup: ServedLookup<'_>) -> Result<(), String>;
+}
+
 /// A broker's sources by id, each with its adapter.
 type Sources = BTreeMap<String, (SourceSpec, Arc<dyn Adapter>)>;
 
@@ -447,6 +481,7 @@ type Sources = BTreeMap<String, (SourceSpec, Arc<dyn Adapter>)>;
 pub struct PeerServer {
     broker_id: String,
     sources: Arc<Sources>,
+    log: Option<Arc<dyn LookupLog>>,
 }
 
 impl fmt::Debug for PeerServer {
@@ -472,7 +507,15 @@ impl PeerServer {
                     .map(|(s, a)| (s.id.clone(), (s, a)))
                     .collect(),
             ),
+            log: None,
         }
+    }
+
+    /// Records every lookup in `log` before answering it.
+    #[must_use]
+    pub fn with_log(mut self, log: Arc<dyn LookupLog>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// The tonic service, with message limits set.
@@ -552,6 +595,7 @@ impl AdapterService for PeerServer {
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
         let path = self.path_of(&request)?;
+        let remote = request.remote_addr();
         let timeout = request
             .metadata()
             .get("grpc-timeout")
@@ -569,20 +613,45 @@ impl AdapterService for PeerServer {
                 request.person_ids.len()
             )));
         }
-        let ctx = LookupContext::with_timeout(timeout);
-        let work = PATH.scope(path, adapter.lookup(&ctx, request.clone()));
-        let mut resp = match tokio::time::timeout_at(ctx.deadline, work).await {
-            Err(_) => return Err(Status::deadline_exceeded("no answer before the deadline")),
-            Ok(Err(e)) => return Err(to_status(&e)),
-            Ok(Ok(r)) => r,
-        };
-        check_answer(&request, &resp, &spec.fact_kinds).map_err(|e| to_status(&e))?;
-        for a in &mut resp.answers {
-            for f in &mut a.facts {
-                f.record_id = format!("{}/{}/{}", self.broker_id, spec.id, f.record_id);
-            }
+        let started = std::time::Instant::now();
+        if let Some(log) = &self.log {
+            log.ready().await.map_err(|e| {
+                tracing::warn!(error = %e, "audit log unavailable; lookup refused");
+                Status::unavailable(format!("audit log unavailable: {e}"))
+            })?;
         }
-        Ok(Response::new(resp))
+        let ctx = LookupContext::with_timeout(timeout);
+        let work = PATH.scope(path.clone(), adapter.lookup(&ctx, request.clone()));
+        let outcome = match tokio::time::timeout_at(ctx.deadline, work).await {
+            Err(_) => Err(Status::deadline_exceeded("no answer before the deadline")),
+            Ok(Err(e)) => Err(to_status(&e)),
+            Ok(Ok(resp)) => check_answer(&request, &resp, &spec.fact_kinds)
+                .map(|()| resp)
+                .map_err(|e| to_status(&e)),
+        };
+        let outcome = outcome.map(|mut resp| {
+            for a in &mut resp.answers {
+                for f in &mut a.facts {
+                    f.record_id = format!("{}/{}/{}", self.broker_id, spec.id, f.record_id);
+                }
+            }
+            resp
+        });
+        if let Some(log) = &self.log {
+            log.record(ServedLookup {
+                path: &path,
+                remote,
+                request: &request,
+                outcome: outcome.as_ref(),
+                latency: started.elapsed(),
+            })
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "served lookup not recorded; answer withheld");
+                Status::unavailable(format!("audit log unavailable: {e}"))
+            })?;
+        }
+        outcome.map(Response::new)
     }
 
     async fn check(

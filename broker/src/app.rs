@@ -251,13 +251,17 @@ pub async fn serve_federation(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let log = Arc::new(FederationLog {
+        audit: verifier.audit().clone(),
+    });
     let server = hedui_adapters::peer::PeerServer::new(
         &broker_id,
         verifier
             .sources()
             .iter()
             .map(|s| (s.spec.clone(), s.adapter.clone())),
-    );
+    )
+    .with_log(log);
     tracing::info!(broker = %broker_id, addr = ?listener.local_addr().ok(), "serving federation (hedui.v1.AdapterService)");
     tonic::transport::Server::builder()
         .add_service(server.into_service())
@@ -267,6 +271,93 @@ pub async fn serve_federation(
         )
         .await?;
     Ok(())
+}
+
+/// The audit log of the lookups served to peer brokers: one
+/// `federation_lookup` record per lookup, committed before the answer
+/// leaves; no source is asked when the log cannot take records.
+#[derive(Debug)]
+struct FederationLog {
+    audit: crate::audit::AuditLog,
+}
+
+#[async_trait::async_trait]
+impl hedui_adapters::peer::LookupLog for FederationLog {
+    async fn ready(&self) -> Result<(), String> {
+        self.audit.ready().await.map_err(|e| e.to_string())
+    }
+
+    async fn record(&self, lookup: hedui_adapters::peer::ServedLookup<'_>) -> Result<(), String> {
+        use crate::audit::{Entry, Kind, SourceEntry};
+        use prost::Message;
+        let key = self.audit.subject_key();
+        let request = lookup.request;
+        let mut entry = Entry::new(Kind::FederationLookup);
+        entry.request_id = request.request_id.clone();
+        // The path ends with this broker; the one before asked.
+        let via = &lookup.path[..lookup.path.len().saturating_sub(1)];
+        let asker = via.last().map_or("", String::as_str);
+        entry.client = match lookup.remote {
+            Some(addr) if !asker.is_empty() => format!("broker:{asker}@{}", addr.ip()),
+            Some(addr) => addr.ip().to_string(),
+            None if !asker.is_empty() => format!("broker:{asker}"),
+            None => "anonymous".into(),
+        };
+        entry.purpose = crate::verify::purpose_name(request.purpose);
+        entry.consent_reference = request.consent_reference.clone();
+        entry.subjects = request
+            .person_ids
+            .iter()
+            .map(|id| key.subject(id))
+            .collect();
+        let (status, facts) = match lookup.outcome {
+            Ok(resp) => {
+                entry.report_digest = self.audit.digest(&resp.encode_to_vec());
+                let facts: usize = resp.answers.iter().map(|a| a.facts.len()).sum();
+                (
+                    if facts == 0 { "no_record" } else { "ok" }.to_owned(),
+                    facts,
+                )
+            }
+            Err(status) => {
+                entry.outcome = snake_case(&format!("{:?}", status.code()));
+                entry.detail = status.message().chars().take(200).collect();
+                ("error".to_owned(), 0)
+            }
+        };
+        entry.sources = vec![SourceEntry {
+            id: request.source_id.clone(),
+            status,
+            cache_hit: false,
+            facts: u32::try_from(facts).unwrap_or(u32::MAX),
+        }];
+        if !via.is_empty() {
+            let path = format!("path {}", lookup.path.join(">"));
+            entry.detail = if entry.detail.is_empty() {
+                path
+            } else {
+                format!("{path}; {}", entry.detail)
+            };
+        }
+        entry.latency_ms = u64::try_from(lookup.latency.as_millis()).unwrap_or(u64::MAX);
+        self.audit
+            .record(entry)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `DeadlineExceeded` → `deadline_exceeded`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// What `hedui adapter check` checks.

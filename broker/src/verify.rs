@@ -397,6 +397,17 @@ impl Verifier {
             .filter(|(i, _)| *i != self.household)
             .map(|(_, s)| s)
             .collect();
+        // A streaming caller learns the members and each source's outcome
+        // before the report: the access is recorded before any of it
+        // leaves. Unary callers get everything at once, after the
+        // verification record.
+        if events.is_some() {
+            let entry = self.started_entry(&report_id, &request, &household, caller);
+            self.audit.record(entry).await.map_err(|e| {
+                warn!(error = %e, "stream opening not recorded; nothing leaves");
+                VerifyError::AuditUnavailable(e)
+            })?;
+        }
         send(Event::HouseholdResolved(HouseholdResolved {
             report_id: report_id.clone(),
             members: household.members.clone(),
@@ -462,6 +473,43 @@ impl Verifier {
 }
 
 impl Verifier {
+    /// The audit entry opening a streaming verification: who asks, about
+    /// which persons, from which sources. No report yet.
+    fn started_entry(
+        &self,
+        report_id: &str,
+        request: &VerificationRequest,
+        household: &crate::report::household::Household,
+        caller: &Caller,
+    ) -> Entry {
+        let key = self.audit.subject_key();
+        let mut entry = Entry::new(Kind::VerificationStarted);
+        entry.request_id = report_id.to_owned();
+        entry.client = caller.identity.clone();
+        entry.operator = request.operator_id.clone();
+        entry.purpose = purpose_name(request.purpose);
+        entry.consent_reference = request.consent_reference.clone();
+        let mut ids: Vec<&String> = std::iter::once(&request.applicant_id)
+            .chain(household.members.iter().map(|m| &m.person_id))
+            .chain(request.declared_member_ids.iter())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        entry.subjects = ids.into_iter().map(|id| key.subject(id)).collect();
+        entry.sources = self
+            .sources
+            .iter()
+            .map(|s| SourceEntry {
+                id: s.spec.id.clone(),
+                status: "asked".into(),
+                cache_hit: false,
+                facts: 0,
+            })
+            .collect();
+        entry.detail = "stream opened; the verification record follows with the report".into();
+        entry
+    }
+
     /// The audit entry of a verification that produced `report`.
     fn access_entry(&self, report: &Report, caller: &Caller, latency: Duration) -> Entry {
         let key = self.audit.subject_key();
@@ -884,7 +932,15 @@ mod tests {
         // The store still answers (its head reads), but records cannot be
         // written: sources are asked, the report does not leave.
         store.exec("DROP TABLE audit_records").await.unwrap();
-        let (tx, mut rx) = mpsc::channel(8);
+        let err = v
+            .run(v.validate(Some(request()), None).unwrap(), &caller(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VerifyError::AuditUnavailable(_)), "{err}");
+        assert_eq!(register.calls.load(Ordering::SeqCst), 1);
+        // A streaming caller gets not even the household: its opening
+        // record could not be committed.
+        let (tx, mut rx) = mpsc::channel(64);
         let err = v
             .run(
                 v.validate(Some(request()), None).unwrap(),
@@ -894,17 +950,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, VerifyError::AuditUnavailable(_)), "{err}");
-        assert_eq!(register.calls.load(Ordering::SeqCst), 1);
-        let mut report_id = None;
-        while let Ok(e) = rx.try_recv() {
-            match e.event {
-                Some(Event::HouseholdResolved(h)) => report_id = Some(h.report_id),
-                Some(Event::Report(_)) => panic!("the report was sent"),
-                _ => {}
-            }
-        }
-        let report_id = report_id.expect("the household was resolved");
-        assert_eq!(v.store().get(&report_id).await.unwrap(), None, "not stored");
+        assert!(rx.try_recv().is_err(), "an event left unrecorded");
     }
 
     #[tokio::test]

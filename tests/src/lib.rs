@@ -481,6 +481,17 @@ impl BrokerProcess {
         Ok(VerificationServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
     }
 
+    /// A client of its `AuditService`.
+    ///
+    /// # Errors
+    /// When it cannot be reached.
+    pub async fn audit_client(
+        &self,
+    ) -> anyhow::Result<hedui_proto::v1::audit_service_client::AuditServiceClient<Channel>> {
+        let channel = Channel::from_shared(self.url.clone())?.connect().await?;
+        Ok(hedui_proto::v1::audit_service_client::AuditServiceClient::new(channel))
+    }
+
     /// Stops the process.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;

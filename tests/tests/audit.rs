@@ -587,3 +587,84 @@ async fn the_audit_cli_verifies_names_the_bad_record_and_proves() {
         "{out}"
     );
 }
+
+/// `StreamVerify` tells the members and each source's outcome before the
+/// report: its opening record is committed before the first event leaves,
+/// and the verification record follows with the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_sends_nothing_before_its_opening_record() {
+    let today = china_today();
+    let agencies = Agencies::start(10, &today, &[]).await.unwrap();
+    let broker = Broker::start(&agencies, "").await.unwrap();
+    let mut client = broker.client().await.unwrap();
+    let mut audit = broker.audit_client().await.unwrap();
+    let truth = Population::generate(&PopulationConfig {
+        seed: SEED,
+        households: 10,
+        today: today.parse().unwrap(),
+    })
+    .truth(&TruthPolicy::default())
+    .into_iter()
+    .find(|t| t.member_ids.len() > 1)
+    .expect("a household of several");
+    let query = |kind: AuditRecordKind| QueryRecordsRequest {
+        auditor_id: "inspector-1".into(),
+        filter: Some(AuditFilter {
+            subject_id: truth.applicant_id.clone(),
+            kind: kind as i32,
+            ..Default::default()
+        }),
+        page_size: 10,
+        page_token: String::new(),
+    };
+    let mut stream = client
+        .stream_verify(hedui_proto::v1::StreamVerifyRequest {
+            request: Some(request(&truth.applicant_id)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The first event names the members: its record is already there.
+    let first = stream.message().await.unwrap().expect("a first event");
+    let Some(hedui_proto::v1::stream_verify_response::Event::HouseholdResolved(h)) = first.event
+    else {
+        panic!("the household comes first: {first:?}");
+    };
+    let started = audit
+        .query_records(query(AuditRecordKind::VerificationStarted))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].request_id, h.report_id);
+    assert_eq!(started[0].sources.len(), 28);
+    assert!(started[0].sources.iter().all(|s| s.status == "asked"));
+    assert!(started[0].report_digest.is_empty(), "no report yet");
+    // Every member finds it by number.
+    for member in &truth.member_ids {
+        let mut q = query(AuditRecordKind::VerificationStarted);
+        q.filter.as_mut().unwrap().subject_id = member.clone();
+        let n = audit.query_records(q).await.unwrap().into_inner().records;
+        assert_eq!(n.len(), 1, "member {} not recorded", &member[..6]);
+    }
+    let mut report = None;
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Some(hedui_proto::v1::stream_verify_response::Event::Report(r)) = m.event {
+            report = Some(r);
+        }
+    }
+    let report = report.expect("the stream ends with the report");
+    let done = audit
+        .query_records(query(AuditRecordKind::Verification))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].request_id, report.report_id);
+    assert!(done[0].seq > started[0].seq);
+    assert!(!done[0].report_digest.is_empty());
+    broker.stop().await;
+    agencies.stop().await;
+}

@@ -472,6 +472,34 @@ async fn a_peer_broker_is_one_source_with_provenance() {
                 p.record_id
             );
         }
+        // B recorded the lookup it served to A, before answering it.
+        let served = b
+            .audit_client()
+            .await
+            .unwrap()
+            .query_records(hedui_proto::v1::QueryRecordsRequest {
+                auditor_id: "inspector-1".into(),
+                filter: Some(hedui_proto::v1::AuditFilter {
+                    subject_id: h.applicant().id().to_owned(),
+                    client: "broker:dachuan@127.0.0.1".into(),
+                    kind: hedui_proto::v1::AuditRecordKind::FederationLookup as i32,
+                    ..Default::default()
+                }),
+                page_size: 10,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        assert_eq!(served.len(), 1, "{served:?}");
+        let r = &served[0];
+        assert_eq!(r.request_id, report.report_id);
+        assert_eq!(r.sources.len(), 1);
+        assert_eq!(r.sources[0].source_id, "forestry");
+        assert_eq!(r.sources[0].status, "ok");
+        assert_eq!(r.outcome, "ok");
+        assert!(!r.report_digest.is_empty());
     }
     a.stop().await;
     b.stop().await;

@@ -138,6 +138,10 @@ pub enum KindArg {
     Configuration,
     /// A retention purge.
     RetentionPurge,
+    /// A streaming verification's opening record.
+    VerificationStarted,
+    /// A lookup served to a peer broker.
+    FederationLookup,
 }
 
 /// Export formats.
@@ -185,6 +189,8 @@ impl FilterArgs {
                     KindArg::AuditQuery => AuditRecordKind::AuditQuery,
                     KindArg::Configuration => AuditRecordKind::Configuration,
                     KindArg::RetentionPurge => AuditRecordKind::RetentionPurge,
+                    KindArg::VerificationStarted => AuditRecordKind::VerificationStarted,
+                    KindArg::FederationLookup => AuditRecordKind::FederationLookup,
                 }) as i32
             }),
             from_time: self

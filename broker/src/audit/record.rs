@@ -32,17 +32,25 @@ pub enum Kind {
     Configuration,
     /// Records past retention were purged.
     RetentionPurge,
+    /// A streaming verification about to send its first event: the
+    /// members and the sources to be asked, committed before anything
+    /// leaves. Its [`Kind::Verification`] record follows.
+    VerificationStarted,
+    /// A lookup served to a peer broker (federation).
+    FederationLookup,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Verification,
         Kind::Denied,
         Kind::ReportRead,
         Kind::AuditQuery,
         Kind::Configuration,
         Kind::RetentionPurge,
+        Kind::VerificationStarted,
+        Kind::FederationLookup,
     ];
 
     /// The kind's name, as stored.
@@ -54,6 +62,8 @@ impl Kind {
             Kind::AuditQuery => "audit_query",
             Kind::Configuration => "configuration",
             Kind::RetentionPurge => "retention_purge",
+            Kind::VerificationStarted => "verification_started",
+            Kind::FederationLookup => "federation_lookup",
         }
     }
 
@@ -72,7 +82,7 @@ pub struct SourceEntry {
     /// The source id, e.g. `traffic-police`.
     pub id: String,
     /// Its outcome: `ok`, `no_record`, `timeout`, `unavailable`, `error`,
-    /// `not_queried`.
+    /// `not_queried`; `asked` in a `verification_started` record.
     pub status: String,
     /// Whether the answer came from the broker's cache (a disclosure too).
     pub cache_hit: bool,

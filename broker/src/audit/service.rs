@@ -131,6 +131,8 @@ fn kind_to_proto(kind: Kind) -> AuditRecordKind {
         Kind::AuditQuery => AuditRecordKind::AuditQuery,
         Kind::Configuration => AuditRecordKind::Configuration,
         Kind::RetentionPurge => AuditRecordKind::RetentionPurge,
+        Kind::VerificationStarted => AuditRecordKind::VerificationStarted,
+        Kind::FederationLookup => AuditRecordKind::FederationLookup,
     }
 }
 
@@ -146,6 +148,8 @@ fn kind_from_proto(kind: i32) -> Result<Option<Kind>, AuditError> {
             AuditRecordKind::AuditQuery => Some(Kind::AuditQuery),
             AuditRecordKind::Configuration => Some(Kind::Configuration),
             AuditRecordKind::RetentionPurge => Some(Kind::RetentionPurge),
+            AuditRecordKind::VerificationStarted => Some(Kind::VerificationStarted),
+            AuditRecordKind::FederationLookup => Some(Kind::FederationLookup),
         },
     )
 }
