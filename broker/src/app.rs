@@ -71,15 +71,22 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
     let sources = config
         .resolve_sources(&catalog)
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let cache = config
+        .cache
+        .enabled
+        .then(|| crate::guard::AnswerCache::new(config.cache.max_bytes));
     let mut handles = Vec::with_capacity(sources.len());
     for s in sources {
         let adapter = registry
             .build(&s.spec, &s.transport)
             .with_context(|| format!("source {:?}", s.spec.id))?;
-        handles.push(SourceHandle {
-            spec: s.spec,
-            adapter,
-        });
+        let settings = crate::guard::config::settings_for(
+            &config.cache,
+            &config.limits,
+            &s.spec.id,
+            &s.spec.fact_kinds,
+        );
+        handles.push(SourceHandle::new(s.spec, adapter, settings, cache.clone()));
     }
     let policies = match &config.policy.dir {
         Some(dir) => PolicySet::load_dir(dir)?,
@@ -256,10 +263,10 @@ pub async fn serve_federation(
     });
     let server = hedui_adapters::peer::PeerServer::new(
         &broker_id,
-        verifier
-            .sources()
-            .iter()
-            .map(|s| (s.spec.clone(), s.adapter.clone())),
+        verifier.sources().iter().map(|s| {
+            let guarded: Arc<dyn hedui_adapters::Adapter> = s.guard.clone();
+            (s.spec.clone(), guarded)
+        }),
     )
     .with_log(log);
     tracing::info!(broker = %broker_id, addr = ?listener.local_addr().ok(), "serving federation (hedui.v1.AdapterService)");

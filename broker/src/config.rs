@@ -17,6 +17,13 @@
 //! default_deadline_ms = 10000 # when a request sets none
 //! max_deadline_ms = 120000    # longest a request may ask for
 //!
+//! [cache]                     # see crate::guard::config for every key
+//! ttl_s = 600
+//!
+//! [limits.default]            # per source: [limits.sources.<id>]
+//! rate_per_s = 0              # no rate limit
+//! max_concurrent = 64
+//!
 //! [policy]
 //! dir = "policies"            # extra dated per-county policy files
 //!
@@ -58,6 +65,12 @@ pub struct Config {
     /// Deadlines.
     #[serde(default)]
     pub verification: VerificationConfig,
+    /// Reuse of answers (`crate::guard::config`).
+    #[serde(default)]
+    pub cache: crate::guard::config::CacheConfig,
+    /// Protection of each source (`crate::guard::config`).
+    #[serde(default)]
+    pub limits: crate::guard::config::LimitsConfig,
     /// Policies beyond the embedded Dachuan one.
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -228,7 +241,9 @@ impl Config {
                 v.default_deadline_ms
             )));
         }
-        self.resolve_sources(&Catalog::dachuan()).map_err(err)?;
+        let sources = self.resolve_sources(&Catalog::dachuan()).map_err(err)?;
+        let ids: Vec<String> = sources.into_iter().map(|s| s.spec.id).collect();
+        crate::guard::config::validate(&self.cache, &self.limits, &ids).map_err(err)?;
         self.audit.validate().map_err(err)?;
         Ok(())
     }

@@ -10,6 +10,8 @@
 //! - [`config`]: the TOML configuration and its checks.
 //! - [`verify`]: one verification end to end (validation, household,
 //!   fan-out under the deadline, fold, store).
+//! - [`guard`]: what stands between the broker and each department: the
+//!   answer cache, circuit breaker, rate limit, bulkhead, retry budget.
 //! - [`report`]: the policy files and the folding of answers into a report
 //!   (income, assets, indicators R1–R9, verdict).
 //! - [`store`]: where reports are kept (SQLite).
@@ -24,6 +26,7 @@ pub mod app;
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod guard;
 pub mod render;
 pub mod report;
 pub mod server;

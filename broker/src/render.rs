@@ -47,6 +47,8 @@ fn source_status(s: i32) -> &'static str {
         Ok(SourceStatus::Unavailable) => "UNAVAILABLE",
         Ok(SourceStatus::Error) => "ERROR",
         Ok(SourceStatus::NotQueried) => "NOT_QUERIED",
+        Ok(SourceStatus::RateLimited) => "RATE_LIMITED",
+        Ok(SourceStatus::CircuitOpen) => "CIRCUIT_OPEN",
         Ok(SourceStatus::Unspecified) | Err(_) => "-",
     }
 }
@@ -214,7 +216,11 @@ pub fn text(report: &Report) -> String {
             ms,
             s.fact_count,
             if s.detail.is_empty() {
-                format!("as of {}", when(s.as_of.as_ref()))
+                format!(
+                    "as of {}{}",
+                    when(s.as_of.as_ref()),
+                    if s.from_cache { " (cached)" } else { "" }
+                )
             } else {
                 s.detail.clone()
             }

@@ -17,9 +17,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream::FuturesUnordered};
-use hedui_adapters::{
-    Adapter, AdapterError, LookupContext, answer::check_answer, catalog::HOUSEHOLD_SOURCE,
-};
+use hedui_adapters::{Adapter, AdapterError, LookupContext, catalog::HOUSEHOLD_SOURCE};
 use hedui_proto::{
     resident_id,
     v1::{
@@ -33,6 +31,7 @@ use tracing::{debug, warn};
 
 use crate::{
     audit::{AuditError, AuditLog, Entry, Kind, SourceEntry},
+    guard::{AnswerCache, GuardError, Served, SourceGuard, config::GuardSettings},
     report::{
         fold::{FoldInput, fold},
         household::{SourceOutcome, resolve_household},
@@ -145,13 +144,34 @@ fn invalid(field: &'static str, message: impl Into<String>) -> VerifyError {
     }
 }
 
-/// A source the broker asks, with its adapter.
+/// A source the broker asks, behind its cache and protections.
 #[derive(Debug, Clone)]
 pub struct SourceHandle {
     /// What the source is.
     pub spec: hedui_adapters::catalog::SourceSpec,
-    /// How it is asked.
-    pub adapter: Arc<dyn Adapter>,
+    /// How it is asked: its adapter behind cache, breaker, rate limit,
+    /// bulkhead and retries.
+    pub guard: Arc<SourceGuard>,
+}
+
+impl SourceHandle {
+    /// `adapter` of `spec` behind the guard `settings` describe.
+    pub fn new(
+        spec: hedui_adapters::catalog::SourceSpec,
+        adapter: Arc<dyn Adapter>,
+        settings: GuardSettings,
+        cache: Option<AnswerCache>,
+    ) -> Self {
+        Self {
+            guard: Arc::new(SourceGuard::new(spec.clone(), adapter, settings, cache)),
+            spec,
+        }
+    }
+
+    /// `adapter` of `spec` with no cache and no limits.
+    pub fn unguarded(spec: hedui_adapters::catalog::SourceSpec, adapter: Arc<dyn Adapter>) -> Self {
+        Self::new(spec, adapter, GuardSettings::unguarded(), None)
+    }
 }
 
 /// Deadlines applied to requests.
@@ -531,8 +551,7 @@ impl Verifier {
             .map(|s| SourceEntry {
                 id: s.source_id.clone(),
                 status: status_name(s.status),
-                // The broker has no cache yet (issue 6 sets this).
-                cache_hit: false,
+                cache_hit: s.from_cache,
                 facts: s.fact_count,
             })
             .collect();
@@ -618,25 +637,20 @@ async fn ask(
         consent_reference: request.consent_reference.clone(),
     };
     let ctx = LookupContext { deadline };
-    let answer = match tokio::time::timeout_at(
-        deadline,
-        source.adapter.lookup(&ctx, lookup.clone()),
-    )
-    .await
-    {
-        Err(_) => Err(AdapterError::Timeout),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(resp)) => check_answer(&lookup, &resp, &source.spec.fact_kinds).map(|()| resp),
-    };
+    let answer =
+        match tokio::time::timeout_at(deadline, source.guard.lookup(&ctx, lookup, max_age)).await {
+            Err(_) => Err(GuardError::Source(AdapterError::Timeout)),
+            Ok(r) => r,
+        };
     // An answer older than the caller accepts is not used: the source is
     // reported as failed, and what depends on it is inconclusive.
-    let answer = answer.and_then(|resp| {
-        if too_old(resp.as_of.as_ref(), max_age) {
-            Err(AdapterError::Malformed(
+    let answer = answer.and_then(|served| {
+        if too_old(served.response.as_of.as_ref(), max_age) {
+            Err(GuardError::Source(AdapterError::Malformed(
                 "the answer is older than the max_age asked for".into(),
-            ))
+            )))
         } else {
-            Ok(resp)
+            Ok(served)
         }
     });
     let latency = started.elapsed();
@@ -647,7 +661,11 @@ async fn ask(
         ..Default::default()
     };
     let answers = match answer {
-        Ok(resp) => {
+        Ok(Served {
+            response: resp,
+            cache_hit,
+        }) => {
+            result.from_cache = cache_hit;
             let facts: usize = resp.answers.iter().map(|a| a.facts.len()).sum();
             result.status = if facts > 0 {
                 SourceStatus::Ok
@@ -659,7 +677,7 @@ async fn ask(
             resp.answers
         }
         Err(e) => {
-            result.status = status_of(&e) as i32;
+            result.status = e.status() as i32;
             result.detail = e.to_string();
             debug!(source = %source.spec.id, error = %e, "source gave no usable answer");
             Vec::new()
@@ -676,9 +694,8 @@ async fn ask(
 pub fn status_of(e: &AdapterError) -> SourceStatus {
     match e {
         AdapterError::Timeout => SourceStatus::Timeout,
-        AdapterError::Unavailable(_) | AdapterError::RateLimited { .. } => {
-            SourceStatus::Unavailable
-        }
+        AdapterError::Unavailable(_) => SourceStatus::Unavailable,
+        AdapterError::RateLimited { .. } => SourceStatus::RateLimited,
         AdapterError::Rejected(_) | AdapterError::Malformed(_) | AdapterError::Internal(_) => {
             SourceStatus::Error
         }
@@ -770,10 +787,7 @@ mod tests {
         .await
         .unwrap();
         let v = Verifier::new(
-            vec![SourceHandle {
-                spec,
-                adapter: register.clone(),
-            }],
+            vec![SourceHandle::unguarded(spec, register.clone())],
             PolicySet::embedded(),
             store,
             audit,

@@ -256,7 +256,8 @@ async fn invalid_requests_are_refused_before_any_source_is_called() {
 }
 
 /// A report with everything that differs between two runs for the same
-/// household cleared: ids, times, latencies, as-of times.
+/// household cleared: ids, times, latencies, as-of times, whether answers
+/// came from the cache.
 fn normalized(mut r: Report) -> Report {
     r.report_id.clear();
     r.requested_at = None;
@@ -264,6 +265,7 @@ fn normalized(mut r: Report) -> Report {
     for s in &mut r.sources {
         s.latency = None;
         s.as_of = None;
+        s.from_cache = false;
     }
     if let Some(income) = &mut r.income {
         for i in &mut income.items {

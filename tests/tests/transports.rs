@@ -118,9 +118,13 @@ async fn a_29th_source_is_configuration_alone() {
         Catalog::dachuan().get(SECOND_BANK_ID).is_none(),
         "the bank must be new to the catalog"
     );
-    let broker = BrokerProcess::start(&agencies.sources(&BTreeMap::new(), &[entry]), &[])
-        .await
-        .unwrap();
+    // The same household is verified again after the new bank goes
+    // silent: its answers must not come from the cache.
+    let config = format!(
+        "{}\n[cache.sources.{SECOND_BANK_ID}]\nenabled = false\n",
+        agencies.sources(&BTreeMap::new(), &[entry])
+    );
+    let broker = BrokerProcess::start(&config, &[]).await.unwrap();
 
     // A household with deposits at the new bank.
     let pop = population(HOUSEHOLDS, &today);

@@ -243,6 +243,8 @@ pub fn status_words(status: SourceStatus) -> &'static str {
         SourceStatus::Unavailable => "unavailable",
         SourceStatus::Error => "error",
         SourceStatus::NotQueried => "not queried",
+        SourceStatus::RateLimited => "rate limited",
+        SourceStatus::CircuitOpen => "circuit breaker open",
     }
 }
 

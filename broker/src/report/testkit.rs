@@ -75,6 +75,7 @@ pub(crate) fn result(spec: &SourceSpec, status: SourceStatus, fact_count: u32) -
         }),
         as_of: answered.then(as_of),
         fact_count,
+        from_cache: false,
         detail: if answered {
             String::new()
         } else {

@@ -1,0 +1,494 @@
+//! What stands between the broker and each department: a cache of
+//! answers, and the protections a small department system needs from a
+//! broker that could otherwise flood it.
+//!
+//! A lookup goes, in order, through:
+//! 1. **the cache** ([`AnswerCache`], moka): an answer for the same source,
+//!    persons and fact kinds, young enough for the caller's `max_age`, is
+//!    served without a call; concurrent identical lookups share one call;
+//!    answers live per source and fact kind (`[cache]`), "no record"
+//!    answers shorter; a change event for a person drops every answer
+//!    about them; the whole cache is bounded in bytes;
+//! 2. **the circuit breaker** ([`breaker`]): after consecutive failures the
+//!    source is not asked for a while, then one probe goes through;
+//! 3. **the rate limit** (governor): a call waits for a slot only if one
+//!    comes before the deadline, else the source is reported
+//!    `RATE_LIMITED` at once;
+//! 4. **the bulkhead**: at most `max_concurrent` calls in flight;
+//! 5. **retries** of retryable failures (unavailable, rate limited by the
+//!    source), within the retry budget ([`budget`]: at most 20 % extra
+//!    calls by default) and the deadline;
+//! 6. the adapter, which gets the remaining deadline (`LookupContext`) and
+//!    passes it on (`grpc-timeout`, statement timeouts); the answer is
+//!    checked against the contract before it is cached or used.
+
+pub mod breaker;
+pub mod budget;
+pub mod config;
+
+use std::{
+    fmt,
+    num::NonZeroU32,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+use governor::{
+    DefaultDirectRateLimiter, Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+};
+use hedui_adapters::{
+    Adapter, AdapterError, LookupContext, answer::check_answer, catalog::SourceSpec,
+};
+use hedui_proto::v1::{CheckResponse, LookupRequest, LookupResponse, SourceStatus};
+use moka::{Expiry, future::Cache};
+use prost::Message;
+use tokio::{sync::Semaphore, time::Instant};
+
+use self::{
+    breaker::{Admission, Breaker, BreakerState},
+    budget::RetryBudget,
+    config::GuardSettings,
+};
+
+/// What identifies an answer: the source, the persons and the fact kinds
+/// asked for (sorted, so the order of asking does not matter).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    source_id: String,
+    persons: Vec<String>,
+    kinds: Vec<i32>,
+}
+
+impl CacheKey {
+    /// The key of a lookup.
+    pub fn of(request: &LookupRequest) -> Self {
+        let mut persons = request.person_ids.clone();
+        persons.sort();
+        let mut kinds = request.fact_kinds.clone();
+        kinds.sort_unstable();
+        Self {
+            source_id: request.source_id.clone(),
+            persons,
+            kinds,
+        }
+    }
+}
+
+/// A cached answer.
+#[derive(Debug)]
+pub struct Cached {
+    response: LookupResponse,
+    /// When the answer's data was current: its `as_of`, else when it was
+    /// received.
+    as_of: SystemTime,
+    ttl: Duration,
+}
+
+/// Each answer lives for the time its source and kinds allow.
+struct ByAnswer;
+
+impl Expiry<CacheKey, Arc<Cached>> for ByAnswer {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Cached>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The answers of every source, bounded in bytes.
+#[derive(Clone)]
+pub struct AnswerCache {
+    cache: Cache<CacheKey, Arc<Cached>>,
+}
+
+impl fmt::Debug for AnswerCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnswerCache")
+            .field("entries", &self.cache.entry_count())
+            .field("bytes", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+impl AnswerCache {
+    /// A cache holding at most `max_bytes` of answers (their protobuf
+    /// encoding and their keys).
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|k: &CacheKey, v: &Arc<Cached>| {
+                    let key = k.source_id.len() + k.persons.iter().map(String::len).sum::<usize>();
+                    u32::try_from(key + v.response.encoded_len() + 64).unwrap_or(u32::MAX)
+                })
+                .expire_after(ByAnswer)
+                .support_invalidation_closures()
+                .build(),
+        }
+    }
+
+    /// Drops every answer about `person_id` (a change event arrived).
+    pub fn invalidate_person(&self, person_id: &str) {
+        let person = person_id.to_owned();
+        // Only fails when closures are not supported, which `new` turns on.
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |k, _| k.persons.contains(&person));
+    }
+
+    /// Answers held (approximately, as moka counts).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Bytes held (approximately).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Applies pending maintenance (for tests and figures).
+    pub async fn sync(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}
+
+/// Why a guarded lookup gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    /// The breaker is open: the source was not asked.
+    #[error("not asked: circuit breaker open after consecutive failures; next probe in {} ms", retry_in.as_millis())]
+    CircuitOpen {
+        /// Time to the next probe (zero while a probe is out).
+        retry_in: Duration,
+    },
+    /// The broker's own limits for the source left no slot before the
+    /// deadline: the source was not asked.
+    #[error("not asked: {0}")]
+    HeldBack(String),
+    /// The source (or its transport) failed.
+    #[error(transparent)]
+    Source(#[from] AdapterError),
+}
+
+impl GuardError {
+    /// The report status of this failure.
+    pub fn status(&self) -> SourceStatus {
+        match self {
+            GuardError::CircuitOpen { .. } => SourceStatus::CircuitOpen,
+            GuardError::HeldBack(_) => SourceStatus::RateLimited,
+            GuardError::Source(e) => crate::verify::status_of(e),
+        }
+    }
+
+    fn into_adapter_error(self) -> AdapterError {
+        match self {
+            GuardError::CircuitOpen { retry_in } => AdapterError::Unavailable(format!(
+                "circuit breaker open; next probe in {} ms",
+                retry_in.as_millis()
+            )),
+            GuardError::HeldBack(_) => AdapterError::RateLimited { retry_after: None },
+            GuardError::Source(e) => e,
+        }
+    }
+}
+
+/// A guarded answer.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The answer, checked against the contract.
+    pub response: LookupResponse,
+    /// Whether it was served without a call of this lookup's own (from the
+    /// cache, or shared with a concurrent identical lookup).
+    pub cache_hit: bool,
+}
+
+/// One source behind its cache and protections.
+pub struct SourceGuard {
+    spec: SourceSpec,
+    adapter: Arc<dyn Adapter>,
+    settings: GuardSettings,
+    cache: Option<AnswerCache>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    bulkhead: Option<Semaphore>,
+    breaker: Breaker,
+    budget: RetryBudget,
+}
+
+impl fmt::Debug for SourceGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceGuard")
+            .field("source", &self.spec.id)
+            .field("settings", &self.settings)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one call went.
+enum Attempt {
+    /// The source was not asked (held back by the broker's own limits).
+    NotAsked(GuardError),
+    /// The source was asked and failed.
+    Failed(AdapterError),
+}
+
+impl SourceGuard {
+    /// `adapter` of source `spec` behind the protections of `settings`,
+    /// with its answers in `cache` (when given and the settings allow).
+    pub fn new(
+        spec: SourceSpec,
+        adapter: Arc<dyn Adapter>,
+        settings: GuardSettings,
+        cache: Option<AnswerCache>,
+    ) -> Self {
+        let l = &settings.limits;
+        let limiter = NonZeroU32::new(l.rate_per_s).map(|rate| {
+            let burst = NonZeroU32::new(l.burst).unwrap_or(rate);
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        let bulkhead = (l.max_concurrent > 0).then(|| Semaphore::new(l.max_concurrent as usize));
+        let breaker = Breaker::new(l.breaker_failures, l.breaker_open());
+        let budget = RetryBudget::new(l.retry_budget);
+        Self {
+            cache: cache.filter(|_| settings.cache),
+            spec,
+            adapter,
+            limiter,
+            bulkhead,
+            breaker,
+            budget,
+            settings,
+        }
+    }
+
+    /// The source.
+    pub fn spec(&self) -> &SourceSpec {
+        &self.spec
+    }
+
+    /// The adapter behind the guard.
+    pub fn adapter(&self) -> &Arc<dyn Adapter> {
+        &self.adapter
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Answers `request` from the cache when an answer young enough for
+    /// `max_age` is there, else by asking the source under the guard's
+    /// protections; gives up at `ctx.deadline`.
+    ///
+    /// # Errors
+    /// [`GuardError`] saying why there is no answer.
+    pub async fn lookup(
+        &self,
+        ctx: &LookupContext,
+        request: LookupRequest,
+        max_age: Option<Duration>,
+    ) -> Result<Served, GuardError> {
+        let Some(cache) = &self.cache else {
+            return self.call(ctx, &request).await.map(|response| Served {
+                response,
+                cache_hit: false,
+            });
+        };
+        let key = CacheKey::of(&request);
+        if let Some(hit) = cache.cache.get(&key).await {
+            if young_enough(&hit, max_age) {
+                return Ok(Served {
+                    response: hit.response.clone(),
+                    cache_hit: true,
+                });
+            }
+            // Too old for this caller: ask again, and keep the newer one.
+            cache.cache.invalidate(&key).await;
+        }
+        let entry = cache
+            .cache
+            .entry(key)
+            .or_try_insert_with(async {
+                let response = self.call(ctx, &request).await?;
+                let kinds = response
+                    .answers
+                    .iter()
+                    .flat_map(|a| a.facts.iter())
+                    .filter_map(|f| f.value.as_ref().map(|v| v.kind()));
+                let ttl = self.settings.ttl_of(kinds);
+                let as_of = response
+                    .as_of
+                    .and_then(|t| SystemTime::try_from(t).ok())
+                    .unwrap_or_else(SystemTime::now);
+                Ok::<_, GuardError>(Arc::new(Cached {
+                    response,
+                    as_of,
+                    ttl,
+                }))
+            })
+            .await
+            .map_err(|e| (*e).clone())?;
+        let cache_hit = !entry.is_fresh();
+        Ok(Served {
+            response: entry.into_value().response.clone(),
+            cache_hit,
+        })
+    }
+
+    /// Asks the source: breaker, then per attempt rate limit, bulkhead and
+    /// the call; retries what may be retried within budget and deadline.
+    async fn call(
+        &self,
+        ctx: &LookupContext,
+        request: &LookupRequest,
+    ) -> Result<LookupResponse, GuardError> {
+        let admission = self
+            .breaker
+            .admit()
+            .map_err(|retry_in| GuardError::CircuitOpen { retry_in })?;
+        self.budget.deposit();
+        let limits = &self.settings.limits;
+        let mut retries = 0;
+        loop {
+            match self.attempt(ctx, request).await {
+                Ok(response) => {
+                    self.breaker.success(admission);
+                    return Ok(response);
+                }
+                Err(Attempt::NotAsked(e)) => {
+                    self.breaker.abandon(admission);
+                    return Err(e);
+                }
+                Err(Attempt::Failed(e)) => {
+                    let backoff = match &e {
+                        AdapterError::RateLimited {
+                            retry_after: Some(d),
+                        } => *d,
+                        _ => Duration::from_millis(limits.retry_backoff_ms),
+                    };
+                    let retry = e.is_retryable()
+                        && admission == Admission::Call
+                        && retries < limits.max_retries
+                        && ctx.remaining() > backoff
+                        && self.budget.withdraw();
+                    if retry {
+                        retries += 1;
+                        tracing::debug!(source = %self.spec.id, error = %e, retries, "retrying");
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                    match e {
+                        // The source answered: it is up.
+                        AdapterError::Rejected(_) => self.breaker.success(admission),
+                        _ => self.breaker.failure(admission),
+                    }
+                    return Err(GuardError::Source(e));
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        ctx: &LookupContext,
+        request: &LookupRequest,
+    ) -> Result<LookupResponse, Attempt> {
+        if let Some(limiter) = &self.limiter
+            && let Err(not_until) = limiter.check()
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let rate = self.settings.limits.rate_per_s;
+            let held = || {
+                Attempt::NotAsked(GuardError::HeldBack(format!(
+                    "the broker's rate limit for this source ({rate}/s) had no slot before the deadline"
+                )))
+            };
+            if wait >= ctx.remaining() {
+                return Err(held());
+            }
+            tokio::time::timeout_at(ctx.deadline, limiter.until_ready())
+                .await
+                .map_err(|_| held())?;
+        }
+        let busy = || {
+            Attempt::NotAsked(GuardError::HeldBack(format!(
+                "all {} concurrent calls allowed to this source were busy until the deadline",
+                self.settings.limits.max_concurrent
+            )))
+        };
+        let mut waited = false;
+        let _permit = match &self.bulkhead {
+            None => None,
+            Some(s) => Some(match s.try_acquire() {
+                Ok(p) => p,
+                Err(_) => {
+                    waited = true;
+                    tokio::time::timeout_at(ctx.deadline, s.acquire())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .ok_or_else(busy)?
+                }
+            }),
+        };
+        if Instant::now() >= ctx.deadline {
+            return Err(if waited {
+                busy()
+            } else {
+                Attempt::NotAsked(GuardError::Source(AdapterError::Timeout))
+            });
+        }
+        let answer =
+            match tokio::time::timeout_at(ctx.deadline, self.adapter.lookup(ctx, request.clone()))
+                .await
+            {
+                Err(_) => Err(AdapterError::Timeout),
+                Ok(r) => r,
+            };
+        answer
+            .and_then(|resp| check_answer(request, &resp, &self.spec.fact_kinds).map(|()| resp))
+            .map_err(Attempt::Failed)
+    }
+}
+
+/// Whether a cached answer is young enough for a caller accepting answers
+/// up to `max_age` old.
+fn young_enough(hit: &Cached, max_age: Option<Duration>) -> bool {
+    max_age.is_none_or(|max| {
+        SystemTime::now()
+            .duration_since(hit.as_of)
+            .map_or(true, |age| age <= max)
+    })
+}
+
+/// Peer brokers (federation) are served through the same guard: the
+/// department sees one broker, with one set of limits.
+#[async_trait]
+impl Adapter for SourceGuard {
+    fn source_id(&self) -> &str {
+        &self.spec.id
+    }
+
+    async fn lookup(
+        &self,
+        ctx: &LookupContext,
+        request: LookupRequest,
+    ) -> Result<LookupResponse, AdapterError> {
+        SourceGuard::lookup(self, ctx, request, None)
+            .await
+            .map(|s| s.response)
+            .map_err(GuardError::into_adapter_error)
+    }
+
+    async fn check(&self) -> Result<CheckResponse, AdapterError> {
+        self.adapter.check().await
+    }
+}
+
+#[cfg(test)]
+mod tests;
