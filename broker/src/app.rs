@@ -106,8 +106,13 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
     audit
         .record(crate::audit::configuration_entry(config))
         .await?;
+    let verifier = Arc::new(Verifier::new(handles, policies, store, audit, deadlines));
+    verifier
+        .close_abandoned()
+        .await
+        .context("closing reports left pending by an earlier run")?;
     Ok(Built {
-        verifier: Arc::new(Verifier::new(handles, policies, store, audit, deadlines)),
+        verifier,
         simulated,
     })
 }

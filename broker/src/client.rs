@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use hedui_proto::v1::{
     GetReportRequest, Purpose, StreamVerifyRequest, VerificationRequest, VerifyRequest,
-    stream_verify_response::Event, verification_service_client::VerificationServiceClient,
+    WatchReportRequest, stream_verify_response::Event,
+    verification_service_client::VerificationServiceClient,
 };
 use tonic::transport::Channel;
 
@@ -154,21 +155,38 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `hedui report`: prints a stored report.
+/// `hedui report`: prints a stored report; with `watch`, then its
+/// completion when it waits for late answers.
 ///
 /// # Errors
 /// When the broker cannot be reached or has no such report.
-pub async fn report(server: &str, report_id: &str) -> anyhow::Result<()> {
+pub async fn report(server: &str, report_id: &str, watch: bool) -> anyhow::Result<()> {
     let mut client = connect(server).await?;
-    let report = client
-        .get_report(GetReportRequest {
+    if !watch {
+        let report = client
+            .get_report(GetReportRequest {
+                report_id: report_id.to_owned(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .report
+            .context("the broker answered without a report")?;
+        print!("{}", render::text(&report));
+        return Ok(());
+    }
+    let mut stream = client
+        .watch_report(WatchReportRequest {
             report_id: report_id.to_owned(),
         })
         .await
         .map_err(status_error)?
-        .into_inner()
-        .report
-        .context("the broker answered without a report")?;
-    print!("{}", render::text(&report));
+        .into_inner();
+    while let Some(message) = stream.message().await.map_err(status_error)? {
+        let report = message
+            .report
+            .context("the broker answered without a report")?;
+        print!("{}", render::text(&report));
+    }
     Ok(())
 }

@@ -76,6 +76,10 @@ enum Command {
     Report {
         /// The report id.
         report_id: String,
+        /// Keep watching a report that waits for late answers and print its
+        /// completion too.
+        #[arg(long)]
+        watch: bool,
         /// The broker's address.
         #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
         server: String,
@@ -242,7 +246,11 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Report { report_id, server } => client::report(&server, &report_id).await,
+        Command::Report {
+            report_id,
+            watch,
+            server,
+        } => client::report(&server, &report_id, watch).await,
         Command::BenchAudit(args) => hedui::audit::bench::run(&args).await,
         Command::Audit(command) => {
             let code = hedui::audit::cli::run(command).await?;

@@ -49,6 +49,7 @@ fn source_status(s: i32) -> &'static str {
         Ok(SourceStatus::NotQueried) => "NOT_QUERIED",
         Ok(SourceStatus::RateLimited) => "RATE_LIMITED",
         Ok(SourceStatus::CircuitOpen) => "CIRCUIT_OPEN",
+        Ok(SourceStatus::Pending) => "PENDING",
         Ok(SourceStatus::Unspecified) | Err(_) => "-",
     }
 }
@@ -95,6 +96,20 @@ pub fn text(report: &Report) -> String {
         when(report.requested_at.as_ref()),
         when(report.completed_at.as_ref())
     );
+    if report.pending {
+        let _ = writeln!(
+            o,
+            "PENDING: some sources have not answered; the broker waits for them until {} and then completes this report (hedui report --watch {})",
+            when(report.pending_until.as_ref()),
+            report.report_id
+        );
+    } else if report.revision > 0 {
+        let _ = writeln!(
+            o,
+            "completed after late answers (revision {})",
+            report.revision
+        );
+    }
     let hukou = match HukouType::try_from(report.hukou_type) {
         Ok(HukouType::Urban) => "urban",
         Ok(HukouType::Rural) => "rural",

@@ -8,8 +8,8 @@ use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 use futures::Stream;
 use hedui_adapters::server::parse_grpc_timeout;
 use hedui_proto::v1::{
-    GetReportRequest, GetReportResponse, StreamVerifyRequest, StreamVerifyResponse, VerifyRequest,
-    VerifyResponse,
+    GetReportRequest, GetReportResponse, Report, StreamVerifyRequest, StreamVerifyResponse,
+    VerifyRequest, VerifyResponse, WatchReportRequest, WatchReportResponse,
     verification_service_server::{VerificationService, VerificationServiceServer},
 };
 use tokio::{net::TcpListener, sync::mpsc};
@@ -156,28 +156,7 @@ impl VerificationService for VerificationApi {
         }
         match self.verifier.store().get(&id).await {
             Ok(Some(report)) => {
-                // Reading a report again is an access too: recorded first.
-                let audit = self.verifier.audit();
-                let request = report.request.clone().unwrap_or_default();
-                let mut entry = Entry::new(Kind::ReportRead);
-                entry.request_id = report.report_id.clone();
-                entry.client = caller.identity.clone();
-                entry.operator = request.operator_id.clone();
-                entry.purpose = crate::verify::purpose_name(request.purpose);
-                entry.consent_reference = request.consent_reference.clone();
-                entry.subjects = report
-                    .members
-                    .iter()
-                    .map(|m| audit.subject_key().subject(&m.person_id))
-                    .chain(std::iter::once(
-                        audit.subject_key().subject(&request.applicant_id),
-                    ))
-                    .collect();
-                entry.report_digest = audit.digest(&prost::Message::encode_to_vec(&report));
-                audit.record(entry).await.map_err(|e| {
-                    error!(error = %e, "report read not recorded; not returned");
-                    to_status(VerifyError::AuditUnavailable(e))
-                })?;
+                record_read(&self.verifier, &caller, &report).await?;
                 Ok(Response::new(GetReportResponse {
                     report: Some(report),
                 }))
@@ -189,6 +168,88 @@ impl VerificationService for VerificationApi {
             }
         }
     }
+
+    type WatchReportStream =
+        Pin<Box<dyn Stream<Item = Result<WatchReportResponse, Status>> + Send>>;
+
+    async fn watch_report(
+        &self,
+        request: Request<WatchReportRequest>,
+    ) -> Result<Response<Self::WatchReportStream>, Status> {
+        let caller = caller_of(&request);
+        let id = request.into_inner().report_id;
+        if uuid::Uuid::parse_str(&id).is_err() {
+            return Err(Status::invalid_argument(
+                "report_id: must be a report id as returned in Report.report_id (a UUID)",
+            ));
+        }
+        // Subscribed before the store is read: a completion in between is
+        // either in what the store returns or in the subscription.
+        let watch = self.verifier.watch(&id);
+        let report = match self.verifier.store().get(&id).await {
+            Ok(Some(report)) => report,
+            Ok(None) => return Err(Status::not_found(format!("report_id: no report {id}"))),
+            Err(e) => {
+                error!(error = %e, "report store read failed");
+                return Err(Status::unavailable("the report store is unavailable"));
+            }
+        };
+        record_read(&self.verifier, &caller, &report).await?;
+        let (tx, rx) = mpsc::channel(2);
+        let pending = report.pending;
+        let _ = tx
+            .send(Ok(WatchReportResponse {
+                report: Some(report),
+            }))
+            .await;
+        if let (true, Some(mut watch)) = (pending, watch) {
+            let verifier = self.verifier.clone();
+            tokio::spawn(async move {
+                // Ends with the stream when the caller goes away first.
+                let completed = tokio::select! {
+                    changed = watch.changed() => changed.ok().map(|()| watch.borrow_and_update().clone()),
+                    () = tx.closed() => None,
+                };
+                let Some(report) = completed else { return };
+                let sent = match record_read(&verifier, &caller, &report).await {
+                    Ok(()) => Ok(WatchReportResponse {
+                        report: Some(report),
+                    }),
+                    Err(status) => Err(status),
+                };
+                let _ = tx.send(sent).await;
+            });
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Records that `caller` reads `report` (again): a disclosure, recorded
+/// before the report leaves.
+async fn record_read(verifier: &Verifier, caller: &Caller, report: &Report) -> Result<(), Status> {
+    let audit = verifier.audit();
+    let request = report.request.clone().unwrap_or_default();
+    let mut entry = Entry::new(Kind::ReportRead);
+    entry.request_id = report.report_id.clone();
+    entry.client = caller.identity.clone();
+    entry.operator = request.operator_id.clone();
+    entry.purpose = crate::verify::purpose_name(request.purpose);
+    entry.consent_reference = request.consent_reference.clone();
+    entry.subjects = report
+        .members
+        .iter()
+        .map(|m| audit.subject_key().subject(&m.person_id))
+        .chain(std::iter::once(
+            audit.subject_key().subject(&request.applicant_id),
+        ))
+        .collect();
+    entry.report_digest = audit.digest(&prost::Message::encode_to_vec(report));
+    entry.detail = format!("revision {}", report.revision);
+    audit.record(entry).await.map_err(|e| {
+        error!(error = %e, "report read not recorded; not returned");
+        to_status(VerifyError::AuditUnavailable(e))
+    })?;
+    Ok(())
 }
 
 /// Serves the broker's gRPC API on `listener` until `shutdown` completes,

@@ -24,6 +24,14 @@ pub enum StoreError {
     /// A stored report does not decode.
     #[error("stored report {0} does not decode")]
     Corrupt(String),
+    /// The report is stored already at this revision or a later one.
+    #[error("report {report_id} is stored already at revision {revision} or later")]
+    Stale {
+        /// The report.
+        report_id: String,
+        /// The revision that was refused.
+        revision: u32,
+    },
 }
 
 /// Where reports are kept.
@@ -70,16 +78,45 @@ impl ReportStore {
             .as_ref()
             .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
             .unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO reports (report_id, completed_at, verdict, body) VALUES (?, ?, ?, ?)",
+        // A later revision (a report completed after late answers)
+        // replaces the stored one; anything else is refused.
+        let done = sqlx::query(
+            "INSERT INTO reports (report_id, completed_at, verdict, body, pending, revision) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (report_id) DO UPDATE SET completed_at = excluded.completed_at, \
+             verdict = excluded.verdict, body = excluded.body, pending = excluded.pending, \
+             revision = excluded.revision \
+             WHERE excluded.revision > reports.revision",
         )
         .bind(&report.report_id)
         .bind(completed_ms)
         .bind(report.verdict)
         .bind(report.encode_to_vec())
+        .bind(i64::from(report.pending))
+        .bind(i64::from(report.revision))
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Stale {
+                report_id: report.report_id.clone(),
+                revision: report.revision,
+            });
+        }
         Ok(())
+    }
+
+    /// Every report still waiting for late answers.
+    ///
+    /// # Errors
+    /// When the store cannot be read or a report does not decode.
+    pub async fn pending(&self) -> Result<Vec<Report>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT report_id, body FROM reports WHERE pending = 1")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(id, body)| Report::decode(body.as_slice()).map_err(|_| StoreError::Corrupt(id)))
+            .collect()
     }
 
     /// The report with this id, if stored.
@@ -120,7 +157,20 @@ mod tests {
         store.put(&report).await.unwrap();
         assert_eq!(store.get("abc").await.unwrap(), Some(report.clone()));
         assert_eq!(store.get("nope").await.unwrap(), None);
-        // The same id twice is refused, not overwritten.
-        assert!(store.put(&report).await.is_err());
+        // The same id twice is refused, not overwritten...
+        assert!(matches!(
+            store.put(&report).await,
+            Err(StoreError::Stale { .. })
+        ));
+        // ...but a later revision replaces it.
+        let completed = Report {
+            revision: 1,
+            verdict: 2,
+            ..report.clone()
+        };
+        store.put(&completed).await.unwrap();
+        assert_eq!(store.get("abc").await.unwrap(), Some(completed.clone()));
+        assert!(store.put(&report).await.is_err(), "no going back");
+        assert_eq!(store.get("abc").await.unwrap(), Some(completed));
     }
 }

@@ -26,7 +26,10 @@ use hedui_proto::{
     },
 };
 use prost::Message;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tracing::{debug, warn};
 
 use crate::{
@@ -192,6 +195,7 @@ pub struct Verifier {
     store: ReportStore,
     audit: AuditLog,
     deadlines: Deadlines,
+    watchers: Watchers,
 }
 
 /// A request that passed validation, with its effective deadline.
@@ -226,6 +230,7 @@ impl Verifier {
             store,
             audit,
             deadlines,
+            watchers: Watchers::default(),
         }
     }
 
@@ -366,7 +371,7 @@ impl Verifier {
     /// record (before any source is called when it is down already);
     /// [`VerifyError::StoreUnavailable`] when the report cannot be stored.
     pub async fn run(
-        &self,
+        self: &Arc<Self>,
         valid: ValidRequest,
         caller: &Caller,
         events: Option<mpsc::Sender<StreamVerifyResponse>>,
@@ -410,13 +415,6 @@ impl Verifier {
         )
         .await;
         let household = resolve_household(&request.applicant_id, &household_outcome);
-        let others: Vec<&SourceHandle> = self
-            .sources
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != self.household)
-            .map(|(_, s)| s)
-            .collect();
         // A streaming caller learns the members and each source's outcome
         // before the report: the access is recorded before any of it
         // leaves. Unary callers get everything at once, after the
@@ -435,39 +433,153 @@ impl Verifier {
         }));
         send(Event::SourceResult(household_outcome.result.clone()));
 
-        // 2. Every other source at once, about the active members.
+        // 2. Every other source at once, about the active members. A
+        // source the broker may wait longer for (`late_deadline_ms`) runs
+        // as its own task, so that it can outlive this request.
         let person_ids = household.active_ids.clone();
-        let mut pending: FuturesUnordered<_> = others
-            .iter()
-            .enumerate()
-            .map(|(i, source)| {
-                let person_ids = person_ids.clone();
-                let request = &request;
-                let report_id = &report_id;
-                async move { (i, ask(source, report_id, person_ids, request, limits).await) }
-            })
-            .collect();
-        let mut answered: Vec<Option<SourceOutcome>> = vec![None; others.len()];
-        while let Some((i, outcome)) = pending.next().await {
-            send(Event::SourceResult(outcome.result.clone()));
-            answered[i] = Some(outcome);
-        }
-        drop(pending);
-
-        // 3. Fold, in catalog order.
-        let mut outcomes = Vec::with_capacity(self.sources.len());
-        let mut answered = answered.into_iter();
-        for (i, _) in self.sources.iter().enumerate() {
+        let shared = Arc::new(request.clone());
+        let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; self.sources.len()];
+        outcomes[self.household] = Some(household_outcome);
+        let mut regular = FuturesUnordered::new();
+        let mut late: LateAnswers = FuturesUnordered::new();
+        let mut pending_until = deadline;
+        for (i, source) in self.sources.iter().enumerate() {
             if i == self.household {
-                outcomes.push(household_outcome.clone());
+                continue;
+            }
+            let long = started + source.guard.late_deadline();
+            let limits = Limits {
+                purpose,
+                deadline: long.max(deadline),
+                max_age,
+            };
+            let (source, report_id, person_ids, request) = (
+                source.clone(),
+                report_id.clone(),
+                person_ids.clone(),
+                shared.clone(),
+            );
+            let work = async move { ask(&source, &report_id, person_ids, &request, limits).await };
+            if long > deadline {
+                pending_until = pending_until.max(long);
+                let task = tokio::spawn(work);
+                late.push(Box::pin(async move { (i, task.await) }));
             } else {
-                outcomes.push(answered.next().flatten().expect("every source answered"));
+                regular.push(async move { (i, work.await) });
             }
         }
+        let request_deadline = tokio::time::sleep_until(deadline);
+        tokio::pin!(request_deadline);
+        loop {
+            if regular.is_empty() && late.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((i, outcome)) = regular.next() => {
+                    send(Event::SourceResult(outcome.result.clone()));
+                    outcomes[i] = Some(outcome);
+                }
+                Some((i, joined)) = late.next() => {
+                    let outcome = joined_outcome(&self.sources[i], joined);
+                    send(Event::SourceResult(outcome.result.clone()));
+                    outcomes[i] = Some(outcome);
+                }
+                // Sources without a late deadline end by the deadline on
+                // their own; the others are left pending.
+                () = &mut request_deadline, if regular.is_empty() => break,
+            }
+        }
+        drop(regular);
+        let pending_until = requested_at + (pending_until - started);
+        let mut returned = outcomes.clone();
+        for (i, o) in returned.iter_mut().enumerate() {
+            if o.is_none() {
+                let outcome = pending_outcome(&self.sources[i], pending_until);
+                send(Event::SourceResult(outcome.result.clone()));
+                *o = Some(outcome);
+            }
+        }
+        let returned: Vec<SourceOutcome> = returned.into_iter().flatten().collect();
+
+        // 3. Fold, in catalog order.
         let today = crate::time::china_date();
         let policy = self.policies.select(&household.region_code, today);
-        let report = fold(FoldInput {
+        let mut report = fold(FoldInput {
+            report_id: report_id.clone(),
+            request: &request,
+            requested_at,
+            completed_at: SystemTime::now(),
+            today,
+            policy,
+            household: &household,
+            outcomes: &returned,
+        });
+        if !late.is_empty() {
+            report.pending = true;
+            report.pending_until = Some(timestamp(pending_until));
+        }
+
+        // 4. Recorded, then stored, before it leaves.
+        let entry = self.access_entry(&report, caller, started.elapsed());
+        self.audit.record(entry).await.map_err(|e| {
+            warn!(error = %e, "access not recorded; the report does not leave");
+            VerifyError::AuditUnavailable(e)
+        })?;
+        if report.pending {
+            // Watchers subscribe before they read the store: registered
+            // before the report is stored, none misses the completion.
+            self.watchers.register(&report_id, report.clone());
+        }
+        if let Err(e) = self.store.put(&report).await {
+            warn!(error = %e, "report not stored, verification fails");
+            self.watchers.remove(&report_id);
+            return Err(VerifyError::StoreUnavailable(e));
+        }
+        if report.pending {
+            let completion = Completion {
+                report_id,
+                request,
+                requested_at,
+                today,
+                household,
+                caller: caller.clone(),
+                outcomes,
+            };
+            let this = self.clone();
+            tokio::spawn(async move { this.complete(completion, late).await });
+        }
+        send(Event::Report(report.clone()));
+        Ok(report)
+    }
+
+    /// A subscription to the revisions of report `report_id`, while it
+    /// waits for late answers; `None` when nothing is awaited for it.
+    pub fn watch(&self, report_id: &str) -> Option<watch::Receiver<Report>> {
+        self.watchers.subscribe(report_id)
+    }
+
+    /// Waits for the late answers of a report returned with pending
+    /// sources, then folds, records, stores and publishes the completed
+    /// report.
+    async fn complete(self: Arc<Self>, c: Completion, mut late: LateAnswers) {
+        let Completion {
             report_id,
+            request,
+            requested_at,
+            today,
+            household,
+            caller,
+            mut outcomes,
+        } = c;
+        let mut late_ids = Vec::new();
+        while let Some((i, joined)) = late.next().await {
+            late_ids.push(i);
+            outcomes[i] = Some(joined_outcome(&self.sources[i], joined));
+        }
+        let outcomes: Vec<SourceOutcome> = outcomes.into_iter().flatten().collect();
+        let policy = self.policies.select(&household.region_code, today);
+        let mut report = fold(FoldInput {
+            report_id: report_id.clone(),
             request: &request,
             requested_at,
             completed_at: SystemTime::now(),
@@ -476,19 +588,170 @@ impl Verifier {
             household: &household,
             outcomes: &outcomes,
         });
+        report.revision = 1;
+        late_ids.sort_unstable();
+        let late_sources: Vec<&SourceResult> = late_ids
+            .iter()
+            .filter_map(|i| report.sources.get(*i))
+            .collect();
+        let entry = self.completed_entry(&report, &caller, &late_sources);
+        if let Err(e) = self.audit.record(entry).await {
+            // Left pending: the next start of the broker closes it.
+            tracing::error!(error = %e, report = %report_id, "completion not recorded; the report stays pending");
+            self.watchers.remove(&report_id);
+            return;
+        }
+        if let Err(e) = self.store.put(&report).await {
+            tracing::error!(error = %e, report = %report_id, "completed report not stored");
+            self.watchers.remove(&report_id);
+            return;
+        }
+        debug!(report = %report_id, "report completed after late answers");
+        self.watchers.complete(&report_id, report);
+    }
 
-        // 4. Recorded, then stored, before it leaves.
-        let entry = self.access_entry(&report, caller, started.elapsed());
-        self.audit.record(entry).await.map_err(|e| {
-            warn!(error = %e, "access not recorded; the report does not leave");
-            VerifyError::AuditUnavailable(e)
-        })?;
-        self.store.put(&report).await.map_err(|e| {
-            warn!(error = %e, "report not stored, verification fails");
-            VerifyError::StoreUnavailable(e)
-        })?;
-        send(Event::Report(report.clone()));
-        Ok(report)
+    /// Closes reports left pending by an earlier run of the broker (it
+    /// stopped before their late answers arrived): their pending sources
+    /// become `TIMEOUT`, recorded as a completion. What depended on them
+    /// was already inconclusive and stays so.
+    ///
+    /// # Errors
+    /// When the store or the audit log fails.
+    pub async fn close_abandoned(&self) -> Result<usize, VerifyError> {
+        let abandoned = self
+            .store
+            .pending()
+            .await
+            .map_err(VerifyError::StoreUnavailable)?;
+        let n = abandoned.len();
+        for mut report in abandoned {
+            for s in &mut report.sources {
+                if s.status == SourceStatus::Pending as i32 {
+                    s.status = SourceStatus::Timeout as i32;
+                    s.detail =
+                        "no answer: the broker stopped while it waited for this source".into();
+                }
+            }
+            report.pending = false;
+            report.pending_until = None;
+            report.revision += 1;
+            report.completed_at = Some(timestamp(SystemTime::now()));
+            let closed: Vec<&SourceResult> = report
+                .sources
+                .iter()
+                .filter(|s| s.detail.starts_with("no answer: the broker stopped"))
+                .collect();
+            let entry = self.completed_entry(&report, &Caller::new("hedui"), &closed);
+            self.audit
+                .record(entry)
+                .await
+                .map_err(VerifyError::AuditUnavailable)?;
+            self.store
+                .put(&report)
+                .await
+                .map_err(VerifyError::StoreUnavailable)?;
+        }
+        if n > 0 {
+            warn!(reports = n, "closed reports left pending by an earlier run");
+        }
+        Ok(n)
+    }
+}
+
+/// Late answers still out: (source index, its task's result).
+type LateAnswers = FuturesUnordered<
+    std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = (usize, Result<SourceOutcome, tokio::task::JoinError>)>
+                + Send,
+        >,
+    >,
+>;
+
+/// What completing a report needs besides the late answers.
+#[derive(Debug)]
+struct Completion {
+    report_id: String,
+    request: VerificationRequest,
+    requested_at: SystemTime,
+    today: chrono::NaiveDate,
+    household: crate::report::household::Household,
+    caller: Caller,
+    outcomes: Vec<Option<SourceOutcome>>,
+}
+
+/// Reports waiting for late answers, and their subscribers.
+#[derive(Debug, Default)]
+struct Watchers {
+    map: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<Report>>>,
+}
+
+impl Watchers {
+    fn register(&self, report_id: &str, report: Report) {
+        let (tx, _) = watch::channel(report);
+        self.map
+            .lock()
+            .expect("watchers lock")
+            .insert(report_id.to_owned(), tx);
+    }
+
+    fn subscribe(&self, report_id: &str) -> Option<watch::Receiver<Report>> {
+        self.map
+            .lock()
+            .expect("watchers lock")
+            .get(report_id)
+            .map(watch::Sender::subscribe)
+    }
+
+    fn remove(&self, report_id: &str) {
+        self.map.lock().expect("watchers lock").remove(report_id);
+    }
+
+    fn complete(&self, report_id: &str, report: Report) {
+        let tx = self.map.lock().expect("watchers lock").remove(report_id);
+        if let Some(tx) = tx {
+            tx.send_replace(report);
+        }
+    }
+}
+
+/// The outcome of a source asked in its own task.
+fn joined_outcome(
+    source: &SourceHandle,
+    joined: Result<SourceOutcome, tokio::task::JoinError>,
+) -> SourceOutcome {
+    joined.unwrap_or_else(|e| {
+        tracing::error!(source = %source.spec.id, error = %e, "source task failed");
+        SourceOutcome {
+            spec: source.spec.clone(),
+            result: SourceResult {
+                source_id: source.spec.id.clone(),
+                source_name: source.spec.name.clone(),
+                status: SourceStatus::Error as i32,
+                detail: "internal error while asking this source".into(),
+                ..Default::default()
+            },
+            answers: Vec::new(),
+        }
+    })
+}
+
+/// A source still out when the report is returned.
+fn pending_outcome(source: &SourceHandle, until: SystemTime) -> SourceOutcome {
+    let until = chrono::DateTime::<chrono::Utc>::from(until);
+    SourceOutcome {
+        spec: source.spec.clone(),
+        result: SourceResult {
+            source_id: source.spec.id.clone(),
+            source_name: source.spec.name.clone(),
+            status: SourceStatus::Pending as i32,
+            detail: format!(
+                "no answer yet; the broker waits for it until {} and then completes this report",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            ..Default::default()
+        },
+        answers: Vec::new(),
     }
 }
 
@@ -527,6 +790,30 @@ impl Verifier {
             })
             .collect();
         entry.detail = "stream opened; the verification record follows with the report".into();
+        entry
+    }
+
+    /// The audit entry of a report completed after late answers: the
+    /// sources that answered late (or were closed) with their outcomes.
+    fn completed_entry(&self, report: &Report, caller: &Caller, late: &[&SourceResult]) -> Entry {
+        let mut entry = self.access_entry(report, caller, Duration::ZERO);
+        entry.kind = Some(Kind::ReportCompleted);
+        entry.time_ms = Entry::new(Kind::ReportCompleted).time_ms;
+        entry.sources = late
+            .iter()
+            .map(|s| SourceEntry {
+                id: s.source_id.clone(),
+                status: status_name(s.status),
+                cache_hit: s.from_cache,
+                facts: s.fact_count,
+            })
+            .collect();
+        entry.latency_ms = report
+            .requested_at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        entry.detail = format!("revision {}", report.revision);
         entry
     }
 
@@ -771,7 +1058,12 @@ mod tests {
         }
     }
 
-    async fn verifier(age: Duration) -> (Verifier, Arc<Register>) {
+    async fn verifier(age: Duration) -> (Arc<Verifier>, Arc<Register>) {
+        let (v, register) = raw_verifier(age).await;
+        (Arc::new(v), register)
+    }
+
+    async fn raw_verifier(age: Duration) -> (Verifier, Arc<Register>) {
         let register = Arc::new(Register {
             age,
             calls: AtomicUsize::new(0),
@@ -941,8 +1233,9 @@ mod tests {
             "audit",
             crate::audit::crypto::Suite::Sha256Ed25519,
         );
-        let (mut v, register) = verifier(Duration::ZERO).await;
+        let (mut v, register) = raw_verifier(Duration::ZERO).await;
         v.audit = store.open().await.unwrap();
+        let v = Arc::new(v);
         // The store still answers (its head reads), but records cannot be
         // written: sources are asked, the report does not leave.
         store.exec("DROP TABLE audit_records").await.unwrap();
@@ -965,6 +1258,42 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, VerifyError::AuditUnavailable(_)), "{err}");
         assert!(rx.try_recv().is_err(), "an event left unrecorded");
+    }
+
+    #[tokio::test]
+    async fn reports_left_pending_by_an_earlier_run_are_closed_on_start() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let mut report = v
+            .run(v.validate(Some(request()), None).unwrap(), &caller(), None)
+            .await
+            .unwrap();
+        // As if a late source had been out when the broker stopped.
+        report.report_id = uuid::Uuid::new_v4().to_string();
+        report.pending = true;
+        report.pending_until = Some(timestamp(SystemTime::now()));
+        report.sources[0].status = SourceStatus::Pending as i32;
+        v.store().put(&report).await.unwrap();
+        assert_eq!(v.close_abandoned().await.unwrap(), 1);
+        let closed = v.store().get(&report.report_id).await.unwrap().unwrap();
+        assert!(!closed.pending);
+        assert_eq!(closed.pending_until, None);
+        assert_eq!(closed.revision, 1);
+        assert_eq!(closed.sources[0].status(), SourceStatus::Timeout);
+        assert!(closed.sources[0].detail.contains("broker stopped"));
+        let rows = v
+            .audit()
+            .backend()
+            .query(&crate::audit::store::Filter {
+                kind: Some(Kind::ReportCompleted.name().to_owned()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].request_id, report.report_id);
+        // Nothing is left to close.
+        assert_eq!(v.close_abandoned().await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -294,6 +294,9 @@ pub struct SourceControl {
     draws: AtomicU64,
     /// Seed of that stream, from the source id.
     seed: u64,
+    /// Bumped whenever the faults change, so that hanging lookups look
+    /// again (a hang lifted lets them answer: the department answers late).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for SourceControl {
@@ -335,6 +338,7 @@ impl SourceControl {
             failures: AtomicU64::new(0),
             draws: AtomicU64::new(0),
             seed: fnv1a(source_id),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -377,7 +381,8 @@ impl SourceControl {
         self.behaviour().latency
     }
 
-    /// Replaces the faults; lookups already under way keep the old ones.
+    /// Replaces the faults; lookups already under way keep the old ones,
+    /// except that a lookup hanging answers once its hang is lifted.
     ///
     /// # Errors
     /// A message naming a rate outside 0 to 1; nothing is changed then.
@@ -387,6 +392,7 @@ impl SourceControl {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .faults = faults;
+        self.changes.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -691,17 +697,38 @@ impl Adapter for SimulatedSource {
             tracing::debug!(source = %self.source_id, "simulated outage");
             return Err(AdapterError::Unavailable("simulated outage".into()));
         }
-        let hang = faults.hang
-            || d_timeout < faults.timeout_rate
-            || persons.iter().any(|p| faults.hang_persons.contains(*p));
-        if hang {
-            c.failed();
+        let hangs = |faults: &FaultConfig| {
+            faults.hang
+                || d_timeout < faults.timeout_rate
+                || persons.iter().any(|p| faults.hang_persons.contains(*p))
+        };
+        if hangs(&faults) {
             tracing::debug!(source = %self.source_id, "simulated hang");
-            // The department never answers; the adapter in front of it
-            // gives up when the broker's deadline passes, as every adapter
-            // must (the conformance kit checks it).
-            tokio::time::sleep_until(ctx.deadline).await;
-            return Err(AdapterError::Timeout);
+            // The department does not answer while the hang lasts; the
+            // adapter in front of it gives up when the broker's deadline
+            // passes, as every adapter must (the conformance kit checks
+            // it). Lifted before that, the department answers late.
+            let mut changes = c.changes.subscribe();
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(ctx.deadline) => {
+                        c.failed();
+                        return Err(AdapterError::Timeout);
+                    }
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            // No more changes can come: hang to the end.
+                            tokio::time::sleep_until(ctx.deadline).await;
+                            c.failed();
+                            return Err(AdapterError::Timeout);
+                        }
+                        if !hangs(&c.faults()) {
+                            tracing::debug!(source = %self.source_id, "hang lifted; answering late");
+                            break;
+                        }
+                    }
+                }
+            }
         }
         let delay = latency.sample(d_l1, d_l2);
         if !delay.is_zero() {

@@ -247,3 +247,172 @@ async fn a_failing_source_is_spared_by_retry_budget_and_breaker() {
     broker.stop().await;
     agencies.stop().await;
 }
+
+/// A bank that answers late: the report returns by its deadline with the
+/// bank `PENDING`; when the bank answers, `WatchReport` pushes and
+/// `GetReport` returns the completed report, and the audit records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_completes_the_stored_report() {
+    use hedui_proto::v1::{
+        AuditFilter, AuditRecordKind, GetReportRequest, QueryRecordsRequest, WatchReportRequest,
+    };
+    const BANK: &str = "rural-commercial-bank";
+    let today = china_today();
+    let agencies = Agencies::start(40, &today, &[]).await.unwrap();
+    let broker = Broker::start(
+        &agencies,
+        &format!("[limits.sources.{BANK}]\nlate_deadline_ms = 60000\n"),
+    )
+    .await
+    .unwrap();
+    let truths = Population::generate(&PopulationConfig {
+        seed: SEED,
+        households: 40,
+        today: today.parse().unwrap(),
+    })
+    .truth(&TruthPolicy::default());
+    let truth = &truths[5];
+    let mut control = AgencyControlServiceClient::connect(agencies.control.clone())
+        .await
+        .unwrap();
+    control
+        .set_faults(SetFaultsRequest {
+            source_id: BANK.into(),
+            faults: Some(Faults {
+                hang: true,
+                ..Default::default()
+            }),
+            latency: None,
+        })
+        .await
+        .unwrap();
+    let mut client = broker.client().await.unwrap();
+    let mut r = request(&truth.applicant_id);
+    r.deadline = prost_types::Duration::try_from(Duration::from_millis(800)).ok();
+    let started = Instant::now();
+    let first = client
+        .verify(VerifyRequest { request: Some(r) })
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(800 + 700), "{took:?}");
+    assert!(first.pending);
+    assert!(first.pending_until.is_some());
+    assert_eq!(first.revision, 0);
+    let bank = |r: &Report| {
+        r.sources
+            .iter()
+            .find(|s| s.source_id == BANK)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(bank(&first).status(), SourceStatus::Pending);
+    assert!(
+        bank(&first).detail.contains("waits for it"),
+        "{}",
+        bank(&first).detail
+    );
+    let r2 = first.indicators.iter().find(|i| i.id == "R2").unwrap();
+    assert_eq!(r2.outcome, Outcome::Inconclusive as i32);
+    assert_eq!(first.verdict, Outcome::Inconclusive as i32);
+    // Every other source answered as usual.
+    for s in first.sources.iter().filter(|s| s.source_id != BANK) {
+        assert!(
+            matches!(s.status(), SourceStatus::Ok | SourceStatus::NoRecord),
+            "{s:?}"
+        );
+    }
+
+    // A watcher gets the report as it stands, then its completion.
+    let mut watch = client
+        .watch_report(WatchReportRequest {
+            report_id: first.report_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let now = watch.message().await.unwrap().unwrap().report.unwrap();
+    assert!(now.pending);
+    let stored = client
+        .get_report(GetReportRequest {
+            report_id: first.report_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(stored.pending);
+
+    // The bank answers.
+    control
+        .set_faults(SetFaultsRequest {
+            source_id: BANK.into(),
+            faults: None,
+            latency: None,
+        })
+        .await
+        .unwrap();
+    let completed = tokio::time::timeout(Duration::from_secs(30), watch.message())
+        .await
+        .expect("the completion is pushed")
+        .unwrap()
+        .expect("a second message")
+        .report
+        .unwrap();
+    assert!(
+        watch.message().await.unwrap().is_none(),
+        "then the stream ends"
+    );
+    assert!(!completed.pending);
+    assert_eq!(completed.revision, 1);
+    assert_eq!(completed.report_id, first.report_id);
+    assert!(matches!(
+        bank(&completed).status(),
+        SourceStatus::Ok | SourceStatus::NoRecord
+    ));
+    assert_eq!(
+        completed.verdict, truth.verdict as i32,
+        "{}",
+        completed.verdict_reason
+    );
+    let stored = client
+        .get_report(GetReportRequest {
+            report_id: first.report_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert_eq!(stored, completed);
+
+    // The completion is in the audit log, found by the applicant's number.
+    let records = broker
+        .audit_client()
+        .await
+        .unwrap()
+        .query_records(QueryRecordsRequest {
+            auditor_id: "inspector-1".into(),
+            filter: Some(AuditFilter {
+                subject_id: truth.applicant_id.clone(),
+                kind: AuditRecordKind::ReportCompleted as i32,
+                ..Default::default()
+            }),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].request_id, first.report_id);
+    assert_eq!(records[0].sources.len(), 1);
+    assert_eq!(records[0].sources[0].source_id, BANK);
+    broker.stop().await;
+    agencies.stop().await;
+}

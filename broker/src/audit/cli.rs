@@ -142,6 +142,8 @@ pub enum KindArg {
     VerificationStarted,
     /// A lookup served to a peer broker.
     FederationLookup,
+    /// A report completed after late answers.
+    ReportCompleted,
 }
 
 /// Export formats.
@@ -191,6 +193,7 @@ impl FilterArgs {
                     KindArg::RetentionPurge => AuditRecordKind::RetentionPurge,
                     KindArg::VerificationStarted => AuditRecordKind::VerificationStarted,
                     KindArg::FederationLookup => AuditRecordKind::FederationLookup,
+                    KindArg::ReportCompleted => AuditRecordKind::ReportCompleted,
                 }) as i32
             }),
             from_time: self

@@ -38,11 +38,13 @@ pub enum Kind {
     VerificationStarted,
     /// A lookup served to a peer broker (federation).
     FederationLookup,
+    /// A report completed after late answers.
+    ReportCompleted,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Verification,
         Kind::Denied,
         Kind::ReportRead,
@@ -51,6 +53,7 @@ impl Kind {
         Kind::RetentionPurge,
         Kind::VerificationStarted,
         Kind::FederationLookup,
+        Kind::ReportCompleted,
     ];
 
     /// The kind's name, as stored.
@@ -64,6 +67,7 @@ impl Kind {
             Kind::RetentionPurge => "retention_purge",
             Kind::VerificationStarted => "verification_started",
             Kind::FederationLookup => "federation_lookup",
+            Kind::ReportCompleted => "report_completed",
         }
     }
 

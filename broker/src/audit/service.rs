@@ -133,6 +133,7 @@ fn kind_to_proto(kind: Kind) -> AuditRecordKind {
         Kind::RetentionPurge => AuditRecordKind::RetentionPurge,
         Kind::VerificationStarted => AuditRecordKind::VerificationStarted,
         Kind::FederationLookup => AuditRecordKind::FederationLookup,
+        Kind::ReportCompleted => AuditRecordKind::ReportCompleted,
     }
 }
 
@@ -150,6 +151,7 @@ fn kind_from_proto(kind: i32) -> Result<Option<Kind>, AuditError> {
             AuditRecordKind::RetentionPurge => Some(Kind::RetentionPurge),
             AuditRecordKind::VerificationStarted => Some(Kind::VerificationStarted),
             AuditRecordKind::FederationLookup => Some(Kind::FederationLookup),
+            AuditRecordKind::ReportCompleted => Some(Kind::ReportCompleted),
         },
     )
 }

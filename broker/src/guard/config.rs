@@ -21,9 +21,11 @@
 //! max_retries = 1              # retries of a retryable failure per lookup
 //! retry_budget = 0.2           # retries at most this share of first calls
 //! retry_backoff_ms = 50
+//! late_deadline_ms = 0         # wait beyond the request's deadline; 0 = never
 //! [limits.sources.rural-bank]
 //! rate_per_s = 5
 //! max_concurrent = 4
+//! late_deadline_ms = 14400000  # answers in batches: the report completes within 4 h
 //! ```
 
 use std::{collections::BTreeMap, time::Duration};
@@ -124,6 +126,13 @@ pub struct Limits {
     /// Wait before a retry, milliseconds.
     #[serde(default = "default_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// How long after a verification starts the broker keeps waiting for
+    /// this source when the request's deadline passes first: the report
+    /// returns with the source `PENDING` and is completed when it answers.
+    /// 0 = no waiting beyond the request's deadline (`TIMEOUT`).
+    /// Milliseconds, at most 7 days.
+    #[serde(default)]
+    pub late_deadline_ms: u64,
 }
 
 impl Default for Limits {
@@ -137,6 +146,7 @@ impl Default for Limits {
             max_retries: default_max_retries(),
             retry_budget: default_retry_budget(),
             retry_backoff_ms: default_retry_backoff_ms(),
+            late_deadline_ms: 0,
         }
     }
 }
@@ -153,6 +163,7 @@ impl Limits {
             max_retries: 0,
             retry_budget: 0.0,
             retry_backoff_ms: 0,
+            late_deadline_ms: 0,
         }
     }
 
@@ -161,6 +172,9 @@ impl Limits {
         Duration::from_millis(self.breaker_open_ms)
     }
 }
+
+/// Longest a source may be waited for: 7 days.
+pub const MAX_LATE_DEADLINE_MS: u64 = 7 * 24 * 3600 * 1000;
 
 fn default_max_concurrent() -> u32 {
     64
@@ -202,6 +216,8 @@ pub struct LimitsOverride {
     pub retry_budget: Option<f64>,
     /// See [`Limits::retry_backoff_ms`].
     pub retry_backoff_ms: Option<u64>,
+    /// See [`Limits::late_deadline_ms`].
+    pub late_deadline_ms: Option<u64>,
 }
 
 /// The `[limits]` section: every source's limits and per-source
@@ -316,6 +332,12 @@ fn check_limits(at: &str, l: &Limits) -> Result<(), String> {
             "{at}.breaker_open_ms: must be > 0 while breaker_failures is set"
         ));
     }
+    if l.late_deadline_ms > MAX_LATE_DEADLINE_MS {
+        return Err(format!(
+            "{at}.late_deadline_ms: {} is more than 7 days ({MAX_LATE_DEADLINE_MS})",
+            l.late_deadline_ms
+        ));
+    }
     if l.burst > 0 && l.rate_per_s == 0 {
         return Err(format!("{at}.burst: needs rate_per_s > 0"));
     }
@@ -332,6 +354,7 @@ fn merge(all: &Limits, o: &LimitsOverride) -> Limits {
         max_retries: o.max_retries.unwrap_or(all.max_retries),
         retry_budget: o.retry_budget.unwrap_or(all.retry_budget),
         retry_backoff_ms: o.retry_backoff_ms.unwrap_or(all.retry_backoff_ms),
+        late_deadline_ms: o.late_deadline_ms.unwrap_or(all.late_deadline_ms),
     }
 }
 

@@ -276,6 +276,12 @@ impl SourceGuard {
         &self.adapter
     }
 
+    /// How long after a verification starts the broker waits for this
+    /// source (zero: not beyond the request's deadline).
+    pub fn late_deadline(&self) -> Duration {
+        Duration::from_millis(self.settings.limits.late_deadline_ms)
+    }
+
     /// The breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()

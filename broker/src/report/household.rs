@@ -245,6 +245,7 @@ pub fn status_words(status: SourceStatus) -> &'static str {
         SourceStatus::NotQueried => "not queried",
         SourceStatus::RateLimited => "rate limited",
         SourceStatus::CircuitOpen => "circuit breaker open",
+        SourceStatus::Pending => "pending",
     }
 }
 

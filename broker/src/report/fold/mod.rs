@@ -75,6 +75,10 @@ pub fn fold(input: FoldInput<'_>) -> Report {
         indicators,
         verdict: verdict as i32,
         verdict_reason,
+        // Set by the verification path when sources are still awaited.
+        pending: false,
+        pending_until: None,
+        revision: 0,
     }
 }
 
