@@ -5,8 +5,9 @@
 use std::collections::HashSet;
 
 use hedui_proto::v1::{FactKind, LookupRequest, LookupResponse};
+use prost::Message;
 
-use crate::{AdapterError, mapping::check_fact_values};
+use crate::{AdapterError, grpc::MAX_ANSWER_BYTES, mapping::check_fact_values};
 
 /// Largest number of facts accepted about one person in one answer.
 pub const MAX_FACTS_PER_PERSON: usize = 1_000;
@@ -27,7 +28,9 @@ pub fn distinct_person_ids(request: &LookupRequest) -> Vec<String> {
 /// as-of time, every fact is of a kind in `served` (when not empty) and in
 /// the kinds asked for (when the request names any), and every value is
 /// possible (no negative money or area, no enum value the contract does not
-/// define, no impossible date).
+/// define, no impossible date). The answer's encoding is at most
+/// [`MAX_ANSWER_BYTES`], whatever the transport (a remote gRPC source cannot
+/// send more; an in-process or mapped one may not hand over more either).
 ///
 /// # Errors
 /// [`AdapterError::Malformed`] naming the first problem found.
@@ -36,6 +39,12 @@ pub fn check_answer(
     response: &LookupResponse,
     served: &[FactKind],
 ) -> Result<(), AdapterError> {
+    let bytes = response.encoded_len();
+    if bytes > MAX_ANSWER_BYTES {
+        return Err(AdapterError::Malformed(format!(
+            "answer of {bytes} bytes, at most {MAX_ANSWER_BYTES} accepted"
+        )));
+    }
     let asked: HashSet<&str> = request.person_ids.iter().map(String::as_str).collect();
     let mut seen = HashSet::with_capacity(asked.len());
     let wanted: Vec<FactKind> = request.fact_kinds().collect();
@@ -164,5 +173,49 @@ mod tests {
             as_of: None,
         };
         assert!(check_answer(&req, &empty, &[]).is_err());
+    }
+
+    #[test]
+    fn refuses_oversized_answers() {
+        let req = request(&["a"]);
+        // Too many facts about one person.
+        let many = LookupResponse {
+            answers: vec![answer("a", vec![vehicle_fact(); MAX_FACTS_PER_PERSON + 1])],
+            as_of: None,
+        };
+        let err = check_answer(&req, &many, &[FactKind::Vehicle]).unwrap_err();
+        assert!(matches!(err, AdapterError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("facts about one person"), "{err}");
+        // As many as accepted is accepted.
+        let limit = LookupResponse {
+            answers: vec![answer("a", vec![vehicle_fact(); MAX_FACTS_PER_PERSON])],
+            as_of: None,
+        };
+        check_answer(&req, &limit, &[FactKind::Vehicle]).unwrap();
+        // One huge field, within the per-person count.
+        let mut huge = vehicle_fact();
+        huge.record_id = "x".repeat(MAX_ANSWER_BYTES);
+        let big = LookupResponse {
+            answers: vec![answer("a", vec![huge])],
+            as_of: None,
+        };
+        let err = check_answer(&req, &big, &[FactKind::Vehicle]).unwrap_err();
+        assert!(matches!(err, AdapterError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("bytes, at most"), "{err}");
+        // Many ordinary-sized facts, each person within the count, over the
+        // bytes in total.
+        let mut wide = vehicle_fact();
+        wide.record_id = "y".repeat(20 * 1024);
+        let ids: Vec<String> = (0..2).map(|i| format!("p{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let total = LookupResponse {
+            answers: ids
+                .iter()
+                .map(|id| answer(id, vec![wide.clone(); MAX_FACTS_PER_PERSON / 2]))
+                .collect(),
+            as_of: None,
+        };
+        let err = check_answer(&request(&ids), &total, &[FactKind::Vehicle]).unwrap_err();
+        assert!(err.to_string().contains("bytes, at most"), "{err}");
     }
 }

@@ -17,7 +17,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hedui::{app, client, config::Config, server};
+use hedui::{app, audit::cli::AuditCommand, client, config::Config, server};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -120,6 +120,71 @@ enum AdapterCommand {
     },
 }
 
+/// What `serve` checks before it creates any database: the audit keys can
+/// be read and are valid, and the directories of the SQLite files exist.
+/// The report store is opened before the audit log; without these checks a
+/// wrong key or audit path would leave a report store behind.
+fn preflight(config: &Config) -> Result<(), String> {
+    config.audit.check_keys()?;
+    let audit = config.audit_config();
+    let mut files = vec![("store.path", config.store.path.clone())];
+    if audit.backend == hedui::audit::config::BackendKind::Sqlite {
+        files.push(("audit.path", audit.sqlite_path()));
+    }
+    for (key, file) in files {
+        if file.as_os_str() == ":memory:" {
+            continue;
+        }
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(format!(
+                "{key}: the directory {} of {} does not exist",
+                dir.display(),
+                file.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The offline audit commands (`verify`, `prove`, `purge`) work on an
+/// existing SQLite log: a mistyped `--audit-db` (or `audit.path`) would
+/// otherwise create an empty log, and `verify` would say it is fine.
+fn existing_audit_log(command: &AuditCommand) -> anyhow::Result<()> {
+    let (config, audit_db) = match command {
+        AuditCommand::Verify {
+            config, audit_db, ..
+        }
+        | AuditCommand::Prove {
+            config, audit_db, ..
+        }
+        | AuditCommand::Purge { config, audit_db } => (config, audit_db),
+        AuditCommand::Query { .. } | AuditCommand::Export { .. } => return Ok(()),
+    };
+    let (flag, file) = match audit_db {
+        Some(file) => ("--audit-db", file.clone()),
+        None => {
+            let config = match config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let audit = config.audit_config();
+            if audit.backend != hedui::audit::config::BackendKind::Sqlite {
+                return Ok(());
+            }
+            ("audit.path", audit.sqlite_path())
+        }
+    };
+    if file.as_os_str() != ":memory:" && !file.is_file() {
+        anyhow::bail!(
+            "{flag}: no audit log at {}; the offline audit commands do not create one",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -146,12 +211,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
-            config,
+            config: config_path,
             listen,
             broker_id,
             federation_listen,
         } => {
-            let mut config = match &config {
+            let mut config = match &config_path {
                 Some(path) => Config::load(path)?,
                 None => Config::default(),
             };
@@ -160,6 +225,10 @@ async fn main() -> anyhow::Result<()> {
             }
             hedui_adapters::peer::check_broker_id(&broker_id)
                 .map_err(|e| anyhow::anyhow!("--broker-id: {e}"))?;
+            preflight(&config).map_err(|e| match &config_path {
+                Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+                None => anyhow::anyhow!("{e}"),
+            })?;
             let built = app::build_as(&config, &broker_id).await?;
             let listener = TcpListener::bind(config.server.listen)
                 .await
@@ -253,6 +322,7 @@ async fn main() -> anyhow::Result<()> {
         } => client::report(&server, &report_id, watch).await,
         Command::BenchAudit(args) => hedui::audit::bench::run(&args).await,
         Command::Audit(command) => {
+            existing_audit_log(&command)?;
             let code = hedui::audit::cli::run(command).await?;
             if code != std::process::ExitCode::SUCCESS {
                 std::process::exit(1);

@@ -318,8 +318,7 @@ impl Verifier {
         check_text("operator_id", &request.operator_id, MAX_OPERATOR_ID)?;
         let mut timeout = self.deadlines.default;
         if let Some(d) = &request.deadline {
-            let d = Duration::try_from(*d)
-                .ok()
+            let d = non_negative(d)
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| invalid("deadline", "must be positive"))?;
             if d > self.deadlines.max {
@@ -332,9 +331,9 @@ impl Verifier {
         }
         let max_age = match &request.max_age {
             None => None,
-            Some(a) => Some(
-                Duration::try_from(*a).map_err(|_| invalid("max_age", "must not be negative"))?,
-            ),
+            Some(a) => {
+                Some(non_negative(a).ok_or_else(|| invalid("max_age", "must not be negative"))?)
+            }
         };
         if request.declared_member_ids.len() > MAX_DECLARED_MEMBERS {
             return Err(invalid(
@@ -848,6 +847,16 @@ impl Verifier {
     }
 }
 
+/// A protobuf duration as a std one; `None` when it is negative or its
+/// nanoseconds are out of range (prost's own conversion negates a negative
+/// duration, which overflows at `i64::MIN` seconds).
+fn non_negative(d: &prost_types::Duration) -> Option<Duration> {
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+        return None;
+    }
+    Duration::try_from(*d).ok()
+}
+
 fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), VerifyError> {
     if value.trim().is_empty() {
         return Err(invalid(field, "is required"));
@@ -1141,6 +1150,16 @@ mod tests {
             })),
             Err("max_age")
         );
+        // Extreme durations are refused, not a panic (prost's conversion
+        // negates, which overflows at i64::MIN).
+        let d = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
+        assert_eq!(with(&|r| r.deadline = d(i64::MIN, 0)), Err("deadline"));
+        assert_eq!(with(&|r| r.deadline = d(0, -1)), Err("deadline"));
+        assert_eq!(with(&|r| r.deadline = d(1, 1_000_000_000)), Err("deadline"));
+        assert_eq!(with(&|r| r.deadline = d(i64::MAX, 0)), Err("deadline"));
+        assert_eq!(with(&|r| r.max_age = d(i64::MIN, -1)), Err("max_age"));
+        assert_eq!(with(&|r| r.max_age = d(0, -5)), Err("max_age"));
+        assert_eq!(with(&|r| r.max_age = d(i64::MAX, 999_999_999)), Ok(()));
         assert_eq!(
             with(&|r| r.declared_member_ids = vec![APPLICANT.into(), APPLICANT.into()]),
             Err("declared_member_ids")

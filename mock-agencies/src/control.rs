@@ -70,6 +70,7 @@ impl From<&FaultConfig> for proto::Faults {
             hang: f.hang,
             hang_persons: f.hang_persons.iter().cloned().collect(),
             malformed_rate: f.malformed_rate,
+            oversized_rate: f.oversized_rate,
         }
     }
 }
@@ -83,6 +84,7 @@ impl From<proto::Faults> for FaultConfig {
             hang: f.hang,
             hang_persons: f.hang_persons.into_iter().collect(),
             malformed_rate: f.malformed_rate,
+            oversized_rate: f.oversized_rate,
         }
     }
 }

@@ -109,6 +109,7 @@ impl ControlInjector {
             hang: f.hang,
             hang_persons: f.hang_persons.into_iter().collect(),
             malformed_rate: f.malformed_rate,
+            oversized_rate: f.oversized_rate,
         };
         self.client
             .clone()

@@ -137,7 +137,8 @@ struct ServeArgs {
     #[arg(long, default_value = "realistic", value_parser = parse_profile)]
     profile: LatencyProfile,
     /// A fault from the start: SOURCE=hang, SOURCE=outage,
-    /// SOURCE=error:RATE, SOURCE=timeout:RATE or SOURCE=malformed:RATE.
+    /// SOURCE=error:RATE, SOURCE=timeout:RATE, SOURCE=malformed:RATE or
+    /// SOURCE=oversized:RATE.
     /// May be repeated.
     #[arg(long = "fault", value_name = "SOURCE=FAULT", value_parser = parse_fault)]
     faults: Vec<(String, String)>,

@@ -189,8 +189,13 @@ impl RunningAgencies {
             })?;
             let id = source.source_id().to_owned();
             let adapter: Arc<dyn Adapter> = source;
-            let router =
-                Server::builder().add_service(AdapterServer::new([adapter]).into_service());
+            // No limit on what a simulated department sends: an oversized
+            // answer (fault `oversized`) must reach the broker, whose own
+            // limit is what is tested.
+            let service = AdapterServer::new([adapter])
+                .into_service()
+                .max_encoding_message_size(usize::MAX);
+            let router = Server::builder().add_service(service);
             tasks.push(spawn_server(id.clone(), listener, router, stop.clone()));
             addrs.push((id, addr));
         }

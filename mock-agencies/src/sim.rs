@@ -18,6 +18,7 @@
 //! hang = false             # optional: every lookup hangs
 //! hang_persons = []        # optional: lookups about these persons hang
 //! malformed_rate = 0.0     # optional share of answers that break the contract
+//! oversized_rate = 0.0     # optional share of answers too large to accept
 //! ```
 
 use std::{
@@ -193,6 +194,10 @@ pub struct FaultConfig {
     pub hang_persons: BTreeSet<String>,
     /// Share of answers that violate the adapter contract.
     pub malformed_rate: f64,
+    /// Share of answers that are well formed but too large to accept: tens
+    /// of thousands of facts about one person, or more bytes than the
+    /// broker takes from a source (`hedui_adapters::grpc::MAX_ANSWER_BYTES`).
+    pub oversized_rate: f64,
 }
 
 impl FaultConfig {
@@ -216,6 +221,7 @@ impl FaultConfig {
             ("error_rate", self.error_rate),
             ("timeout_rate", self.timeout_rate),
             ("malformed_rate", self.malformed_rate),
+            ("oversized_rate", self.oversized_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name}: must be between 0 and 1, got {v}"));
@@ -225,7 +231,7 @@ impl FaultConfig {
     }
 
     /// Adds one fault written as on the command line: `hang`, `outage`,
-    /// `error:RATE`, `timeout:RATE` or `malformed:RATE`.
+    /// `error:RATE`, `timeout:RATE`, `malformed:RATE` or `oversized:RATE`.
     ///
     /// # Errors
     /// A message saying what is wrong with `spec`.
@@ -251,9 +257,10 @@ impl FaultConfig {
             ("error", r) => self.error_rate = parse_rate(r)?,
             ("timeout", r) => self.timeout_rate = parse_rate(r)?,
             ("malformed", r) => self.malformed_rate = parse_rate(r)?,
+            ("oversized", r) => self.oversized_rate = parse_rate(r)?,
             (other, _) => {
                 return Err(format!(
-                    "unknown fault {other:?}; expected hang, outage, error:RATE, timeout:RATE or malformed:RATE"
+                    "unknown fault {other:?}; expected hang, outage, error:RATE, timeout:RATE, malformed:RATE or oversized:RATE"
                 ));
             }
         }
@@ -672,6 +679,90 @@ impl SimulatedSource {
     }
 }
 
+/// Facts about one person in an oversized answer of many facts: far more
+/// than the broker accepts (`hedui_adapters::answer::MAX_FACTS_PER_PERSON`).
+pub const OVERSIZED_FACTS: usize = 20_000;
+
+impl SimulatedSource {
+    /// A well-formed fact to pad an answer with: a copy of one in it, or an
+    /// empty value of a kind the source serves (and `request` asks for).
+    fn padding_fact(&self, request: &LookupRequest, response: &LookupResponse) -> Fact {
+        if let Some(f) = response.answers.iter().flat_map(|a| &a.facts).next() {
+            return f.clone();
+        }
+        let wanted: Vec<FactKind> = request.fact_kinds().collect();
+        let kind = self
+            .fact_kinds
+            .iter()
+            .copied()
+            .find(|k| wanted.is_empty() || wanted.contains(k))
+            .unwrap_or(FactKind::Vehicle);
+        Fact {
+            record_id: "pad".into(),
+            as_of: response.as_of,
+            value: Some(empty_value(kind)),
+        }
+    }
+
+    /// Makes a well-formed answer too large to accept, in one of three
+    /// ways chosen by `u`: [`OVERSIZED_FACTS`] facts about the first person;
+    /// one fact whose record id alone is larger than an answer may be; or
+    /// fewer facts than the per-person limit, each with a 20 KiB record id,
+    /// together larger than an answer may be. A request about nobody gets
+    /// nothing added (there is nobody to pad).
+    fn inflate(&self, request: &LookupRequest, response: &mut LookupResponse, u: f64) {
+        use hedui_adapters::{answer::MAX_FACTS_PER_PERSON, grpc::MAX_ANSWER_BYTES};
+        let template = self.padding_fact(request, response);
+        let Some(first) = response.answers.first_mut() else {
+            return;
+        };
+        let pad = |i: usize, len: usize| {
+            let mut f = template.clone();
+            let id = format!("pad-{i:06}-");
+            let fill = "x".repeat(len.saturating_sub(id.len()));
+            f.record_id = id + &fill;
+            f
+        };
+        match (u * 3.0) as u32 {
+            0 => {
+                // Empty values of the same kind: tens of thousands of copies
+                // of a whole fact would take the simulated department longer
+                // to send than the broker waits.
+                let mut small = template.clone();
+                small.value = small.value.as_ref().map(|v| empty_value(v.kind()));
+                first.facts.extend((0..OVERSIZED_FACTS).map(|i| Fact {
+                    record_id: format!("pad-{i:06}"),
+                    ..small.clone()
+                }));
+            }
+            1 => first.facts.push(pad(0, MAX_ANSWER_BYTES + (1 << 20))),
+            _ => {
+                const ID_BYTES: usize = 20 * 1024;
+                let n = (MAX_ANSWER_BYTES / ID_BYTES + 64).min(MAX_FACTS_PER_PERSON);
+                first.facts.extend((0..n).map(|i| pad(i, ID_BYTES)));
+            }
+        }
+    }
+}
+
+/// An empty value of `kind` (every field at its default, which the
+/// contract accepts): the oneof case of `hedui.v1.Fact` numbered after the
+/// kind (`kind + 9`), decoded from its encoding.
+fn empty_value(kind: FactKind) -> Value {
+    use prost::{
+        Message,
+        encoding::{WireType, encode_key, encode_varint},
+    };
+    let mut buf = Vec::new();
+    encode_key(kind as u32 + 9, WireType::LengthDelimited, &mut buf);
+    encode_varint(0, &mut buf);
+    Fact::decode(buf.as_slice())
+        .ok()
+        .and_then(|f| f.value)
+        .filter(|v| v.kind() == kind)
+        .unwrap_or(Value::Vehicle(Vehicle::default()))
+}
+
 #[async_trait]
 impl Adapter for SimulatedSource {
     fn source_id(&self) -> &str {
@@ -690,8 +781,15 @@ impl Adapter for SimulatedSource {
         let Behaviour { latency, faults } = c.behaviour();
         // Always the same number of draws per lookup, so that a source's
         // stream of faults does not depend on which ones fired.
-        let (d_timeout, d_error, d_l1, d_l2, d_malformed, d_how) =
-            (c.draw(), c.draw(), c.draw(), c.draw(), c.draw(), c.draw());
+        let (d_timeout, d_error, d_l1, d_l2, d_malformed, d_how, d_oversized) = (
+            c.draw(),
+            c.draw(),
+            c.draw(),
+            c.draw(),
+            c.draw(),
+            c.draw(),
+            c.draw(),
+        );
         if faults.outage {
             c.failed();
             tracing::debug!(source = %self.source_id, "simulated outage");
@@ -748,6 +846,11 @@ impl Adapter for SimulatedSource {
         if d_malformed < faults.malformed_rate {
             c.failed();
             self.corrupt(&mut response, d_how);
+        }
+        if d_oversized < faults.oversized_rate {
+            c.failed();
+            tracing::debug!(source = %self.source_id, "simulated oversized answer");
+            self.inflate(&request, &mut response, d_how);
         }
         Ok(response)
     }
@@ -824,6 +927,9 @@ pub struct SimulatedParams {
     /// Share of answers that break the adapter contract.
     #[serde(default)]
     pub malformed_rate: f64,
+    /// Share of answers too large to accept.
+    #[serde(default)]
+    pub oversized_rate: f64,
 }
 
 fn default_seed() -> u64 {
@@ -893,6 +999,7 @@ impl SimulatedParams {
             hang: self.hang,
             hang_persons: self.hang_persons.iter().cloned().collect(),
             malformed_rate: self.malformed_rate,
+            oversized_rate: self.oversized_rate,
         };
         faults.validate()?;
         Ok(faults)
@@ -1150,6 +1257,67 @@ mod tests {
             let req = request(&ids);
             let resp = src.lookup(&ctx(1_000), req.clone()).await.unwrap();
             assert!(check_answer(&req, &resp, kinds_of("employment")).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_answers_are_well_formed_but_too_large() {
+        use hedui_adapters::{answer::MAX_FACTS_PER_PERSON, grpc::MAX_ANSWER_BYTES};
+        use prost::Message;
+        let src = source("traffic-police");
+        let pop = population();
+        let ids: Vec<String> = pop.household_at(3).unwrap().active_member_ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let req = request(&ids);
+        let kinds = kinds_of("traffic-police");
+        // Each of the three ways, whether the person has facts or not.
+        for u in [0.1, 0.5, 0.9] {
+            for asked in [req.clone(), request(&["110105194912310021"])] {
+                let mut resp = src.answer(&asked);
+                src.inflate(&asked, &mut resp, u);
+                let too_many = resp.answers[0].facts.len() > MAX_FACTS_PER_PERSON;
+                let too_big = resp.encoded_len() > MAX_ANSWER_BYTES;
+                assert!(too_many != too_big, "u {u}: one way at a time");
+                // Nothing else is wrong with it: within the limits again,
+                // the contract check passes.
+                let mut trimmed = resp.clone();
+                for f in &mut trimmed.answers[0].facts {
+                    f.record_id.truncate(32);
+                }
+                trimmed.answers[0].facts.truncate(MAX_FACTS_PER_PERSON);
+                check_answer(&asked, &trimmed, kinds).unwrap();
+                let err = check_answer(&asked, &resp, kinds).unwrap_err();
+                assert!(matches!(err, AdapterError::Malformed(_)), "{err}");
+            }
+        }
+        src.control()
+            .set_faults(FaultConfig {
+                oversized_rate: 1.0,
+                ..FaultConfig::none()
+            })
+            .unwrap();
+        for _ in 0..6 {
+            let resp = src.lookup(&ctx(5_000), req.clone()).await.unwrap();
+            assert!(check_answer(&req, &resp, kinds).is_err());
+        }
+        assert_eq!(src.control().stats().failures, 6);
+        let mut f = FaultConfig::none();
+        f.apply_spec("oversized:0.5").unwrap();
+        assert_eq!(f.oversized_rate, 0.5);
+        let bad = FaultConfig {
+            oversized_rate: -0.1,
+            ..FaultConfig::none()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("oversized_rate"));
+    }
+
+    #[test]
+    fn empty_values_are_of_their_kind() {
+        for k in 1..=40 {
+            let Ok(kind) = FactKind::try_from(k) else {
+                continue;
+            };
+            assert_eq!(empty_value(kind).kind(), kind, "{kind:?}");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Fault injection, source by source and in random combinations: the
 //! simulated agencies go slow, hang, fail, flap, return answers that break
-//! the contract, or cannot be reached at all. For every report the failing
+//! the contract or are too large to accept, or cannot be reached at all. For every report the failing
 //! sources are named with the right status, every indicator that needs one
 //! of them is INCONCLUSIVE and every other one equals the ground truth, the
 //! verdict follows, the other sources' answers are untouched, and the
@@ -26,12 +26,20 @@ use hedui_mock_agencies::{
 };
 use hedui_proto::v1::{
     FactKind, Outcome, Purpose, Report, SourceStatus, VerificationRequest, VerifyRequest,
+    verification_service_client::VerificationServiceClient,
 };
-use hedui_tests::{Agencies, Broker, SEED, china_today};
+use hedui_tests::{Agencies, Broker, BrokerProcess, SEED, china_today};
 use tonic::transport::Channel;
 
 const HOUSEHOLDS: usize = 200;
 const DEADLINE: Duration = Duration::from_millis(700);
+
+/// Each fault must show in the report it was injected for: no cached answer
+/// from an earlier round, no breaker opened by an earlier round, no retry
+/// (the guard is tested on its own in tests/tests/realtime.rs).
+const RAW: &str =
+    "[cache]\nenabled = false\n\n[limits.default]\nbreaker_failures = 0\nmax_retries = 0\n";
+
 /// What a response may take beyond its deadline on a loaded 2-core machine.
 const MARGIN: Duration = Duration::from_millis(1000);
 
@@ -47,6 +55,9 @@ enum Fault {
     Error,
     /// Answers in breach of the adapter contract.
     Malformed,
+    /// Answers well formed but too large: tens of thousands of facts about
+    /// one person, or more bytes than the broker takes from a source.
+    Oversized,
 }
 
 const FAULTS: [Fault; 5] = [
@@ -62,7 +73,7 @@ impl Fault {
         match self {
             Fault::Slow | Fault::Hang => SourceStatus::Timeout,
             Fault::Outage => SourceStatus::Unavailable,
-            Fault::Error | Fault::Malformed => SourceStatus::Error,
+            Fault::Error | Fault::Malformed | Fault::Oversized => SourceStatus::Error,
         }
     }
 
@@ -78,6 +89,7 @@ impl Fault {
             Fault::Outage => faults.outage = true,
             Fault::Error => faults.error_rate = 1.0,
             Fault::Malformed => faults.malformed_rate = 1.0,
+            Fault::Oversized => faults.oversized_rate = 1.0,
         }
         SetFaultsRequest {
             source_id: source_id.to_owned(),
@@ -235,7 +247,15 @@ async fn verify_all(
     truths: &[&GroundTruth],
     failing: &BTreeMap<String, SourceStatus>,
 ) {
-    let client = broker.client().await.unwrap();
+    verify_all_with(&broker.client().await.unwrap(), truths, failing).await;
+}
+
+/// [`verify_all`] through `client`; the reports.
+async fn verify_all_with(
+    client: &VerificationServiceClient<Channel>,
+    truths: &[&GroundTruth],
+    failing: &BTreeMap<String, SourceStatus>,
+) -> Vec<Report> {
     let results: Vec<(Duration, Report, &GroundTruth)> = stream::iter(truths.iter().copied())
         .map(|t| {
             let mut client = client.clone();
@@ -256,13 +276,40 @@ async fn verify_all(
         .buffer_unordered(4)
         .collect()
         .await;
+    let mut reports = Vec::with_capacity(results.len());
     for (elapsed, report, truth) in results {
         assert!(
             elapsed < DEADLINE + MARGIN,
             "took {elapsed:?} with a deadline of {DEADLINE:?} and {failing:?} failing"
         );
         check(&report, truth, failing);
+        reports.push(report);
     }
+    reports
+}
+
+/// The details of the named sources' results in `reports`.
+fn details_of(reports: &[Report], sources: &[&str]) -> Vec<String> {
+    reports
+        .iter()
+        .flat_map(|r| &r.sources)
+        .filter(|s| sources.contains(&s.source_id.as_str()))
+        .map(|s| s.detail.clone())
+        .collect()
+}
+
+/// Checks that the oversized answers were refused for both reasons: too
+/// many facts about one person, and too many bytes (`bytes` says how the
+/// transport words it).
+fn assert_both_limits(details: &[String], bytes: &str) {
+    assert!(
+        details.iter().any(|d| d.contains("facts about one person")),
+        "no answer was refused for its number of facts: {details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains(bytes)),
+        "no answer was refused for its size ({bytes:?}): {details:?}"
+    );
 }
 
 async fn set(control: &mut AgencyControlServiceClient<Channel>, req: SetFaultsRequest) {
@@ -297,7 +344,7 @@ impl XorShift {
 async fn every_source_failing_every_way_is_named_and_contained() {
     let today = china_today();
     let agencies = Agencies::start(HOUSEHOLDS, &today, &[]).await.unwrap();
-    let broker = Broker::start(&agencies, "").await.unwrap();
+    let broker = Broker::start(&agencies, RAW).await.unwrap();
     let mut control = AgencyControlServiceClient::connect(agencies.control.clone())
         .await
         .unwrap();
@@ -425,7 +472,7 @@ async fn a_source_that_refuses_connections_is_unavailable() {
         &bank[end..]
     );
     agencies.sources_toml = agencies.sources_toml.replace(&bank, &rewired);
-    let broker = Broker::start(&agencies, "").await.unwrap();
+    let broker = Broker::start(&agencies, RAW).await.unwrap();
     let pop = Population::generate(&PopulationConfig {
         seed: SEED,
         households: 20,
@@ -440,4 +487,143 @@ async fn a_source_that_refuses_connections_is_unavailable() {
     verify_all(&broker, &some, &failing).await;
     broker.stop().await;
     agencies.stop().await;
+}
+
+/// Sources made to answer too much in turn: the household source, the bank
+/// (income, money, outflows), one source of each other indicator's input
+/// and one the indicators do not read.
+const OVERSIZED_IN_TURN: [&str; 8] = [
+    "public-security",
+    "rural-commercial-bank",
+    "traffic-police",
+    "housing-management",
+    "market-supervision",
+    "financial-bureau",
+    "civil-affairs",
+    "disabled-federation",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_answers_are_the_sources_error_over_grpc() {
+    let today = china_today();
+    let agencies = Agencies::start(HOUSEHOLDS, &today, &[]).await.unwrap();
+    let broker = Broker::start(&agencies, RAW).await.unwrap();
+    let mut control = AgencyControlServiceClient::connect(agencies.control.clone())
+        .await
+        .unwrap();
+    let pop = Population::generate(&PopulationConfig {
+        seed: SEED,
+        households: HOUSEHOLDS,
+        today: today.parse().unwrap(),
+    });
+    let truths = pop.truth(&TruthPolicy::default());
+    let mut next_household = 7;
+    let mut pick = |n: usize| -> Vec<&GroundTruth> {
+        (0..n)
+            .map(|_| {
+                next_household = (next_household + 1) % truths.len();
+                &truths[next_household]
+            })
+            .collect()
+    };
+
+    // Each in turn: three households each, so that every way of being too
+    // large (many facts, one huge field, many large facts) comes up.
+    let client = broker.client().await.unwrap();
+    let mut details = Vec::new();
+    for source in OVERSIZED_IN_TURN {
+        set(&mut control, Fault::Oversized.request(source)).await;
+        let failing = BTreeMap::from([(source.to_owned(), SourceStatus::Error)]);
+        let reports = verify_all_with(&client, &pick(3), &failing).await;
+        details.extend(details_of(&reports, &[source]));
+        clear(&mut control, source).await;
+    }
+    // The answers too large in bytes reached the broker (the simulated
+    // departments send without a limit) and its decoder refused them.
+    assert_both_limits(&details, "decoded message length too large");
+
+    // Random combinations: one to three oversized sources among up to two
+    // others failing in any other way.
+    let mut rng = XorShift(0x0BE5_17ED);
+    for _ in 0..4 {
+        let mut failing = BTreeMap::new();
+        let oversized = 1 + rng.next(3);
+        let others = rng.next(3);
+        while failing.len() < oversized + others {
+            let source = Agency::ALL[rng.next(Agency::ALL.len())].id();
+            if failing.contains_key(source) {
+                continue;
+            }
+            let fault = if failing.len() < oversized {
+                Fault::Oversized
+            } else {
+                FAULTS[rng.next(FAULTS.len())]
+            };
+            set(&mut control, fault.request(source)).await;
+            failing.insert(source.to_owned(), fault.status());
+        }
+        verify_all(&broker, &pick(3), &failing).await;
+        for source in failing.keys() {
+            clear(&mut control, source).await;
+        }
+    }
+
+    // The broker is still whole: healthy again, nothing left over.
+    verify_all(&broker, &pick(3), &BTreeMap::new()).await;
+    broker.stop().await;
+    agencies.stop().await;
+}
+
+/// The `[[sources]]` of a broker whose 28 sources are simulated in its own
+/// process (transport `simulated`), those in `oversized` answering too much.
+fn simulated_sources(today: &str, oversized: &[&str]) -> String {
+    let mut out = format!(
+        "[simulation]\nseed = {SEED}\nhouseholds = {HOUSEHOLDS}\ntoday = \"{today}\"\nlatency_p50_ms = 0\nlatency_p99_ms = 0\n\n"
+    );
+    for agency in Agency::ALL {
+        let id = agency.id();
+        out.push_str(&format!(
+            "[[sources]]\nid = \"{id}\"\n[sources.transport]\ntype = \"simulated\"\n"
+        ));
+        if oversized.contains(&id) {
+            out.push_str("oversized_rate = 1.0\n");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_answers_are_the_sources_error_in_process() {
+    let today = china_today();
+    let pop = Population::generate(&PopulationConfig {
+        seed: SEED,
+        households: HOUSEHOLDS,
+        today: today.parse().unwrap(),
+    });
+    let truths = pop.truth(&TruthPolicy::default());
+    let cases: [&[&str]; 3] = [
+        &["employment"],
+        &["public-security"],
+        &["rural-commercial-bank", "traffic-police", "civil-affairs"],
+    ];
+    let mut details = Vec::new();
+    for (i, oversized) in cases.iter().enumerate() {
+        let broker = BrokerProcess::start(
+            &format!("{}\n{RAW}", simulated_sources(&today, oversized)),
+            &[],
+        )
+        .await
+        .unwrap();
+        let client = broker.client().await.unwrap();
+        let failing: BTreeMap<String, SourceStatus> = oversized
+            .iter()
+            .map(|s| ((*s).to_owned(), SourceStatus::Error))
+            .collect();
+        let some: Vec<&GroundTruth> = truths.iter().skip(20 + 4 * i).take(4).collect();
+        let reports = verify_all_with(&client, &some, &failing).await;
+        details.extend(details_of(&reports, oversized));
+        broker.stop().await;
+    }
+    assert_both_limits(&details, "bytes, at most");
 }

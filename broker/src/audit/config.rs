@@ -237,6 +237,18 @@ impl AuditConfig {
         Ok(())
     }
 
+    /// Reads and checks the keys (`audit.hmac_key_file` or `hmac_key`,
+    /// `audit.signing_key_file` or `signing_key`) as opening the log will:
+    /// the broker checks them before it creates any database, so a wrong key
+    /// leaves nothing behind. Not part of [`AuditConfig::validate`]: offline
+    /// commands given a public key need no secret.
+    ///
+    /// # Errors
+    /// A message naming the key and what is wrong with it.
+    pub fn check_keys(&self) -> Result<(), String> {
+        super::keys(self).map(|_| ()).map_err(|e| e.to_string())
+    }
+
     /// Where the log is, for messages (never the URL's password).
     pub fn location(&self) -> String {
         match self.backend {
@@ -283,5 +295,22 @@ mod tests {
         let c: AuditConfig =
             toml::from_str("hmac_key = 'a very secret key of 32 bytes....'").unwrap();
         assert!(!format!("{c:?}").contains("very secret"));
+    }
+
+    #[test]
+    fn keys_are_checked_without_opening_the_log() {
+        assert!(AuditConfig::default().check_keys().is_ok());
+        let c: AuditConfig = toml::from_str("hmac_key_file = '/no/such/hmac.key'").unwrap();
+        let e = c.check_keys().unwrap_err();
+        assert!(e.starts_with("audit.hmac_key_file: "), "{e}");
+        let c: AuditConfig = toml::from_str("signing_key = 'not hex'").unwrap();
+        let e = c.check_keys().unwrap_err();
+        assert!(e.starts_with("audit.signing_key: "), "{e}");
+        let c: AuditConfig = toml::from_str("signing_key_file = '/no/such/sign.key'").unwrap();
+        assert!(
+            c.check_keys()
+                .unwrap_err()
+                .starts_with("audit.signing_key_file")
+        );
     }
 }

@@ -107,10 +107,16 @@ fn page(size: u32, token: &str) -> Result<(u32, Option<u64>), AuditError> {
     let before = if token.is_empty() {
         None
     } else {
+        // A token is a record's position, which the store keeps as a
+        // signed 64-bit number.
         Some(
             token
                 .parse::<u64>()
-                .map_err(|_| invalid("page_token", "must be a next_page_token returned before"))?,
+                .ok()
+                .filter(|t| i64::try_from(*t).is_ok())
+                .ok_or_else(|| {
+                    invalid("page_token", "must be a next_page_token returned before")
+                })?,
         )
     };
     Ok((size, before))
@@ -156,8 +162,17 @@ fn kind_from_proto(kind: i32) -> Result<Option<Kind>, AuditError> {
     )
 }
 
-fn millis(t: &prost_types::Timestamp) -> i64 {
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+/// A time of a filter in milliseconds since the epoch; refused when it
+/// is not a valid timestamp (nanoseconds out of range) or out of range of
+/// milliseconds.
+fn millis(field: &'static str, t: &prost_types::Timestamp) -> Result<i64, AuditError> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid(field, "nanos must be between 0 and 999999999"));
+    }
+    t.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000))
+        .ok_or_else(|| invalid(field, "out of range"))
 }
 
 fn timestamp(ms: i64) -> prost_types::Timestamp {
@@ -208,8 +223,16 @@ fn filter_of(
         out.purpose = Some(purpose_name(f.purpose));
     }
     out.kind = kind_from_proto(f.kind)?.map(|k| k.name().to_owned());
-    out.from_ms = f.from_time.as_ref().map(millis);
-    out.to_ms = f.to_time.as_ref().map(millis);
+    out.from_ms = f
+        .from_time
+        .as_ref()
+        .map(|t| millis("filter.from_time", t))
+        .transpose()?;
+    out.to_ms = f
+        .to_time
+        .as_ref()
+        .map(|t| millis("filter.to_time", t))
+        .transpose()?;
     if let Some(s) = &subject {
         said.push(format!("subject={}", &s[..16]));
     }
@@ -575,9 +598,31 @@ mod tests {
         assert!(e.to_string().starts_with("page_size"), "{e}");
         let e = page(10, "abc").unwrap_err();
         assert!(e.to_string().starts_with("page_token"), "{e}");
+        let e = page(10, &u64::MAX.to_string()).unwrap_err();
+        assert!(e.to_string().starts_with("page_token"), "{e}");
+        assert_eq!(
+            page(10, &i64::MAX.to_string()).unwrap(),
+            (10, Some(i64::MAX as u64))
+        );
         assert!(check_id("auditor_id", " ").is_err());
         assert!(check_id("auditor_id", "a\u{7}").is_err());
         assert!(check_id("auditor_id", "inspector-1").is_ok());
+    }
+
+    #[test]
+    fn filter_times_out_of_range_are_refused_not_a_panic() {
+        let t = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(millis("f", &t(1, 500_000_000)).unwrap(), 1500);
+        assert_eq!(millis("f", &t(-1, 0)).unwrap(), -1000);
+        for bad in [
+            t(i64::MAX, 0),
+            t(i64::MIN, 0),
+            t(0, -1),
+            t(0, 1_000_000_000),
+        ] {
+            let e = millis("filter.from_time", &bad).unwrap_err();
+            assert!(e.to_string().starts_with("filter.from_time"), "{e}");
+        }
     }
 
     #[test]
