@@ -9,13 +9,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed=proto/{f}");
     }
-    let fds = protox::compile(files, ["proto"])?;
+    // control.proto imports hedui.v1 messages; they are hedui-proto's types.
+    let fds = protox::compile(files, ["proto", "../proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
         out.join("hedui_mock_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        .extern_path(".hedui.v1", "::hedui_proto::v1")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -29,6 +29,8 @@ use crate::{
 pub struct Built {
     /// The verifier every request shares.
     pub verifier: Arc<Verifier>,
+    /// Households under management.
+    pub watch: Arc<crate::watch::Watch>,
     /// Handles of the sources on the `simulated` transport (counters and
     /// fault injection); empty when none is simulated.
     pub simulated: SimulatedAgencies,
@@ -111,8 +113,23 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
         .close_abandoned()
         .await
         .context("closing reports left pending by an earlier run")?;
+    let watch = Arc::new(crate::watch::Watch::new(verifier.clone()));
+    let any_simulated = !simulated.source_ids().is_empty();
+    match config.changes.transport.as_deref() {
+        Some("nats") => {
+            crate::watch::feed::run_nats(watch.clone(), &config.changes).await?;
+        }
+        Some("simulated") | None if any_simulated => {
+            tokio::spawn(watch.clone().run_channel(simulated.subscribe()));
+        }
+        Some("simulated") => anyhow::bail!(
+            "changes.transport: \"simulated\" needs sources on the simulated transport; none is"
+        ),
+        _ => {}
+    }
     Ok(Built {
         verifier,
+        watch,
         simulated,
     })
 }
@@ -188,6 +205,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(
         Arc::clone(&built.verifier),
+        Arc::clone(&built.watch),
         listener,
         async move {
             let _ = stop_rx.await;

@@ -71,6 +71,10 @@ pub struct Config {
     /// Protection of each source (`crate::guard::config`).
     #[serde(default)]
     pub limits: crate::guard::config::LimitsConfig,
+    /// Where change events of households under management come from
+    /// (`crate::watch::feed`).
+    #[serde(default)]
+    pub changes: crate::watch::feed::ChangesConfig,
     /// Policies beyond the embedded Dachuan one.
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -244,6 +248,7 @@ impl Config {
         let sources = self.resolve_sources(&Catalog::dachuan()).map_err(err)?;
         let ids: Vec<String> = sources.into_iter().map(|s| s.spec.id).collect();
         crate::guard::config::validate(&self.cache, &self.limits, &ids).map_err(err)?;
+        self.changes.validate().map_err(err)?;
         self.audit.validate().map_err(err)?;
         Ok(())
     }

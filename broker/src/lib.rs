@@ -19,6 +19,8 @@
 //!   leaves, tamper-evident (SQLite or PostgreSQL).
 //! - [`server`]: the gRPC API and the single place errors become statuses.
 //! - [`app`]: assembling a broker from configuration; the demo.
+//! - [`watch`]: households under management: enrolment, change events
+//!   (in process or NATS JetStream), re-verification and alerts.
 //! - [`client`]: the CLI's gRPC client commands.
 //! - [`render`]: a report as readable text.
 
@@ -33,3 +35,4 @@ pub mod server;
 pub mod store;
 pub mod time;
 pub mod verify;
+pub mod watch;

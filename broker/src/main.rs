@@ -50,6 +50,11 @@ enum Command {
         /// (`hedui.v1.AdapterService`) on this address.
         #[arg(long, env = "HEDUI_FEDERATION_LISTEN")]
         federation_listen: Option<SocketAddr>,
+        /// Also serve the control service of the in-process simulated
+        /// sources (`hedui.mock.v1.AgencyControlService`: counters, faults,
+        /// simulated changes) on this address, for demos and tests.
+        #[arg(long)]
+        simulation_control: Option<SocketAddr>,
     },
     /// Adapters: run the conformance kit against a configured source.
     #[command(subcommand)]
@@ -215,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
             broker_id,
             federation_listen,
+            simulation_control,
         } => {
             let mut config = match &config_path {
                 Some(path) => Config::load(path)?,
@@ -254,16 +260,54 @@ async fn main() -> anyhow::Result<()> {
                     Some((fed_addr, task))
                 }
             };
+            let control = match simulation_control {
+                None => None,
+                Some(at) => {
+                    if built.simulated.source_ids().is_empty() {
+                        anyhow::bail!(
+                            "--simulation-control: no source is on the simulated transport"
+                        );
+                    }
+                    let l = TcpListener::bind(at)
+                        .await
+                        .with_context(|| format!("--simulation-control: cannot listen on {at}"))?;
+                    let control_addr = l.local_addr()?;
+                    let service =
+                        hedui_mock_agencies::control::ControlServer::new(built.simulated.clone())
+                            .into_service();
+                    let stop = stopped(stop_rx.clone());
+                    tokio::spawn(async move {
+                        tonic::transport::Server::builder()
+                            .add_service(service)
+                            .serve_with_incoming_shutdown(
+                                tokio_stream::wrappers::TcpListenerStream::new(l),
+                                stop,
+                            )
+                            .await
+                    });
+                    Some(control_addr)
+                }
+            };
             // One machine-readable line on stdout says the broker is ready.
-            match &federation {
-                Some((f, _)) => println!("{{\"listening\":\"{addr}\",\"federation\":\"{f}\"}}"),
-                None => println!("{{\"listening\":\"{addr}\"}}"),
+            let mut ready = serde_json::json!({ "listening": addr.to_string() });
+            if let Some((f, _)) = &federation {
+                ready["federation"] = f.to_string().into();
             }
+            if let Some(c) = control {
+                ready["simulation_control"] = c.to_string().into();
+            }
+            println!("{ready}");
             tokio::spawn(async move {
                 shutdown_signal().await;
                 let _ = stop_tx.send(true);
             });
-            server::serve(Arc::clone(&built.verifier), listener, stopped(stop_rx)).await?;
+            server::serve(
+                Arc::clone(&built.verifier),
+                Arc::clone(&built.watch),
+                listener,
+                stopped(stop_rx),
+            )
+            .await?;
             if let Some((_, task)) = federation {
                 task.await??;
             }

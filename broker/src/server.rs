@@ -41,7 +41,8 @@ impl VerificationApi {
 }
 
 /// The one place where a verification error becomes a gRPC status.
-fn to_status(e: VerifyError) -> Status {
+/// The status of a verification error.
+pub fn to_status(e: VerifyError) -> Status {
     match e {
         VerifyError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
         VerifyError::StoreUnavailable(_) => {
@@ -259,6 +260,7 @@ async fn record_read(verifier: &Verifier, caller: &Caller, report: &Report) -> R
 /// When the server fails.
 pub async fn serve(
     verifier: Arc<Verifier>,
+    watch: Arc<crate::watch::Watch>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -274,9 +276,15 @@ pub async fn serve(
     let api = VerificationServiceServer::new(VerificationApi::new(verifier))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    info!(addr = ?addr, "serving hedui.v1.VerificationService and hedui.v1.AuditService");
+    let watch = hedui_proto::v1::watch_service_server::WatchServiceServer::new(
+        crate::watch::service::WatchApi::new(watch),
+    )
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    info!(addr = ?addr, "serving hedui.v1.VerificationService, WatchService and AuditService");
     tonic::transport::Server::builder()
         .add_service(api)
+        .add_service(watch)
         .add_service(audit)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

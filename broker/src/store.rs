@@ -105,6 +105,12 @@ impl ReportStore {
         Ok(())
     }
 
+    /// The database, for the tables of households under management
+    /// ([`crate::watch`]), which live beside the reports.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Every report still waiting for late answers.
     ///
     /// # Errors

@@ -551,6 +551,16 @@ impl Verifier {
         Ok(report)
     }
 
+    /// Drops every cached answer about `person_id` (a change event about
+    /// them arrived).
+    pub fn invalidate_person(&self, person_id: &str) {
+        // The sources share one cache, but a source may have it off: each
+        // guard drops what it can reach (the same cache twice is harmless).
+        for s in &self.sources {
+            s.guard.invalidate_person(person_id);
+        }
+    }
+
     /// A subscription to the revisions of report `report_id`, while it
     /// waits for late answers; `None` when nothing is awaited for it.
     pub fn watch(&self, report_id: &str) -> Option<watch::Receiver<Report>> {

@@ -24,7 +24,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 use proto::{
     GetStatsRequest, GetStatsResponse, ResetStatsRequest, ResetStatsResponse, SetFaultsRequest,
-    SetFaultsResponse,
+    SetFaultsResponse, SimulateChangeRequest, SimulateChangeResponse,
     agency_control_service_server::{AgencyControlService, AgencyControlServiceServer},
 };
 
@@ -174,6 +174,21 @@ impl AgencyControlService for ControlServer {
             faults: Some((&control.faults()).into()),
             latency: Some(control.latency().into()),
         }))
+    }
+
+    async fn simulate_change(
+        &self,
+        request: Request<SimulateChangeRequest>,
+    ) -> Result<Response<SimulateChangeResponse>, Status> {
+        let req = request.into_inner();
+        let kind = hedui_proto::v1::ChangeKind::try_from(req.kind).map_err(|_| {
+            Status::invalid_argument(format!("kind: {} is not a change kind", req.kind))
+        })?;
+        let event = self
+            .agencies
+            .simulate_change(&req.person_id, kind)
+            .map_err(status)?;
+        Ok(Response::new(SimulateChangeResponse { event: Some(event) }))
     }
 }
 

@@ -37,9 +37,11 @@
 //! - `src/main.rs`: the `mock-agencies` command (`serve`, `truth`).
 
 pub mod agency;
+pub mod changes;
 pub mod control;
 pub mod http;
 pub mod kit;
+pub mod nats;
 pub mod population;
 pub mod serve;
 pub mod sim;

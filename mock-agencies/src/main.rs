@@ -146,6 +146,16 @@ struct ServeArgs {
     /// (`[[sources]]` with a grpc transport) to this file.
     #[arg(long, value_name = "PATH")]
     sources_out: Option<PathBuf>,
+    /// Publishes change events (`SimulateChange`) on this NATS server's
+    /// JetStream, e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// The JetStream stream of change events (created when missing).
+    #[arg(long, default_value = "HEDUI_CHANGES", requires = "nats")]
+    nats_stream: String,
+    /// Subject prefix of change events: `<prefix>.<source_id>`.
+    #[arg(long, default_value = "hedui.changes", requires = "nats")]
+    nats_subject: String,
     /// Keeps serving when standard input closes (by default the end of
     /// standard input stops the process, so that a test's child dies with
     /// the test).
@@ -244,6 +254,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let running = RunningAgencies::start(config)
         .await
         .context("cannot start the simulated agencies")?;
+    let _publisher = match &args.nats {
+        Some(url) => Some(
+            hedui_mock_agencies::nats::publish_changes(
+                running.agencies(),
+                &hedui_mock_agencies::nats::NatsTarget {
+                    url: url.clone(),
+                    stream: args.nats_stream.clone(),
+                    prefix: args.nats_subject.clone(),
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     if let Some(path) = &args.sources_out {
         std::fs::write(path, running.sources_toml())
             .with_context(|| format!("--sources-out: cannot write {}", path.display()))?;

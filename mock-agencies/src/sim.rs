@@ -304,6 +304,8 @@ pub struct SourceControl {
     /// Bumped whenever the faults change, so that hanging lookups look
     /// again (a hang lifted lets them answer: the department answers late).
     changes: tokio::sync::watch::Sender<u64>,
+    /// What changed at the source while it runs.
+    overlay: crate::changes::Overlay,
 }
 
 impl fmt::Debug for SourceControl {
@@ -346,6 +348,7 @@ impl SourceControl {
             draws: AtomicU64::new(0),
             seed: fnv1a(source_id),
             changes: tokio::sync::watch::Sender::new(0),
+            overlay: crate::changes::Overlay::default(),
         }
     }
 
@@ -448,15 +451,68 @@ pub enum ControlError {
 /// The simulated sources of a process, by id, in the order they were
 /// built: the handle through which tests, the demo and the control service
 /// read counters and inject faults.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SimulatedAgencies {
     sources: Arc<RwLock<Vec<Arc<SourceControl>>>>,
+    events: tokio::sync::broadcast::Sender<hedui_proto::v1::ChangeEvent>,
+}
+
+impl Default for SimulatedAgencies {
+    fn default() -> Self {
+        Self {
+            sources: Arc::default(),
+            events: tokio::sync::broadcast::Sender::new(1024),
+        }
+    }
 }
 
 impl SimulatedAgencies {
     /// An empty registry.
     pub fn new() -> Self {
         SimulatedAgencies::default()
+    }
+
+    /// The change events of these sources, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<hedui_proto::v1::ChangeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Makes a change happen to `person_id` at the source that records
+    /// `kind`, and publishes its event to [`SimulatedAgencies::subscribe`]rs.
+    ///
+    /// # Errors
+    /// [`ControlError::Invalid`] naming `person_id` or `kind`;
+    /// [`ControlError::UnknownSource`] when the source is not simulated
+    /// here.
+    pub fn simulate_change(
+        &self,
+        person_id: &str,
+        kind: hedui_proto::v1::ChangeKind,
+    ) -> Result<hedui_proto::v1::ChangeEvent, ControlError> {
+        let today = crate::population::china_today();
+        hedui_proto::resident_id::validate(
+            person_id,
+            (
+                chrono::Datelike::year(&today),
+                chrono::Datelike::month(&today),
+                chrono::Datelike::day(&today),
+            ),
+        )
+        .map_err(|e| ControlError::Invalid(format!("person_id: {e}")))?;
+        let source_id = crate::changes::source_of(kind)
+            .ok_or_else(|| ControlError::Invalid("kind: is required".into()))?;
+        let control = self
+            .get(source_id)
+            .ok_or_else(|| ControlError::UnknownSource {
+                id: source_id.to_owned(),
+                known: self.source_ids().join(", "),
+            })?;
+        let event = crate::changes::happen(&control.overlay, person_id, kind)
+            .ok_or_else(|| ControlError::Invalid("kind: is required".into()))?;
+        tracing::info!(source = %source_id, kind = ?kind, record = %event.record_id, "change simulated");
+        // Nobody listening is not an error: the change still happened.
+        let _ = self.events.send(event.clone());
+        Ok(event)
     }
 
     /// Adds a source's handle, replacing one with the same id.
@@ -624,15 +680,17 @@ impl SimulatedSource {
             .filter(|id| seen.insert(id.as_str()))
             .map(|id| PersonAnswer {
                 person_id: id.clone(),
-                facts: self
-                    .population
-                    .facts_for(&self.source_id, id, as_of)
-                    .into_iter()
-                    .filter(|f| {
-                        wanted.is_empty()
-                            || f.value.as_ref().is_some_and(|v| wanted.contains(&v.kind()))
-                    })
-                    .collect(),
+                facts: {
+                    let mut facts = self.population.facts_for(&self.source_id, id, as_of);
+                    self.control.overlay.apply(id, &mut facts);
+                    facts
+                }
+                .into_iter()
+                .filter(|f| {
+                    wanted.is_empty()
+                        || f.value.as_ref().is_some_and(|v| wanted.contains(&v.kind()))
+                })
+                .collect(),
             })
             .collect();
         LookupResponse {
@@ -806,21 +864,24 @@ impl Adapter for SimulatedSource {
             // adapter in front of it gives up when the broker's deadline
             // passes, as every adapter must (the conformance kit checks
             // it). Lifted before that, the department answers late.
+            // Counted as failed from the start (the caller may give up and
+            // drop this lookup before the deadline fires here), also when
+            // the hang is lifted and the answer comes late.
+            c.failed();
             let mut changes = c.changes.subscribe();
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(ctx.deadline) => {
-                        c.failed();
                         return Err(AdapterError::Timeout);
                     }
                     changed = changes.changed() => {
                         if changed.is_err() {
                             // No more changes can come: hang to the end.
                             tokio::time::sleep_until(ctx.deadline).await;
-                            c.failed();
                             return Err(AdapterError::Timeout);
                         }
                         if !hangs(&c.faults()) {
+                            // Still counted: the hang was injected.
                             tracing::debug!(source = %self.source_id, "hang lifted; answering late");
                             break;
                         }

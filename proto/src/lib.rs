@@ -7,6 +7,8 @@
 //! - `hedui/v1/adapter.proto`: `AdapterService`, the protocol a source
 //!   implements in any language.
 //! - `hedui/v1/verification.proto`: `VerificationService` and the report.
+//! - `hedui/v1/watch.proto`: `WatchService`, households under management
+//!   and their alerts.
 //! - `hedui/v1/audit.proto`: `AuditService`, the access log for auditors
 //!   and for households.
 //!

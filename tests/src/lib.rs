@@ -442,8 +442,12 @@ pub struct BrokerProcess {
     pub url: String,
     /// URL of its federation listener, when it serves one.
     pub federation: Option<String>,
+    /// URL of the control service of its in-process simulated sources,
+    /// when it serves one (`--simulation-control`).
+    pub simulation_control: Option<String>,
     /// Its directory.
     pub dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl BrokerProcess {
@@ -460,16 +464,38 @@ impl BrokerProcess {
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"reports.db\"\n\n[verification]\ndefault_deadline_ms = 10000\n\n{config_body}"
         );
         std::fs::write(&config_path, config)?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::spawn(dir, args).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, args: Vec<String>) -> anyhow::Result<Self> {
+        let config_path = dir.path().join("hedui.toml");
         let (child, url, ready) = spawn_hedui(&config_path, |c| {
-            c.args(args).current_dir(dir.path());
+            c.args(&args).current_dir(dir.path());
         })
         .await?;
         Ok(Self {
             child,
             url,
             federation: ready["federation"].as_str().map(|a| format!("http://{a}")),
+            simulation_control: ready["simulation_control"]
+                .as_str()
+                .map(|a| format!("http://{a}")),
             dir,
+            args,
         })
+    }
+
+    /// Kills the process (as a crash would) and starts it again with the
+    /// same configuration, directory and arguments.
+    ///
+    /// # Errors
+    /// When the new process does not start or get ready.
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+        let Self { dir, args, .. } = self;
+        Self::spawn(dir, args).await
     }
 
     /// A client of its `VerificationService`.

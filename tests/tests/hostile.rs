@@ -1574,6 +1574,21 @@ fn config_rows() -> Vec<ConfigRow> {
             "oversized_rate",
         ),
         row(
+            "changes.transport unknown",
+            with("[changes]\ntransport = \"kafka\""),
+            "changes.transport",
+        ),
+        row(
+            "changes.stream with a wildcard",
+            with("[changes]\ntransport = \"nats\"\nstream = \"A.>\""),
+            "changes.stream",
+        ),
+        row(
+            "changes.url not NATS",
+            with("[changes]\ntransport = \"nats\"\nurl = \"http://127.0.0.1:4222\""),
+            "changes.url",
+        ),
+        row(
             "cache.max_bytes below 1 MiB",
             with("[cache]\nmax_bytes = 1000"),
             "cache.max_bytes",

@@ -276,6 +276,13 @@ impl SourceGuard {
         &self.adapter
     }
 
+    /// Drops every cached answer about `person_id`, of any source.
+    pub fn invalidate_person(&self, person_id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate_person(person_id);
+        }
+    }
+
     /// How long after a verification starts the broker waits for this
     /// source (zero: not beyond the request's deadline).
     pub fn late_deadline(&self) -> Duration {
