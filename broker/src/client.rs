@@ -190,3 +190,66 @@ pub async fn report(server: &str, report_id: &str, watch: bool) -> anyhow::Resul
     }
     Ok(())
 }
+
+/// `hedui review`: re-verifies every household the caller has enrolled
+/// (resuming an unfinished review), with a progress bar.
+///
+/// # Errors
+/// When the broker cannot be reached or refuses the review.
+pub async fn review(server: &str, concurrency: u32) -> anyhow::Result<()> {
+    use hedui_proto::v1::{ReviewRequest, watch_service_client::WatchServiceClient};
+    let channel = tonic::transport::Channel::from_shared(server.to_owned())
+        .with_context(|| format!("--server {server:?} is not a URL"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the broker at {server}"))?;
+    let mut client = WatchServiceClient::new(channel);
+    let mut stream = client
+        .review(ReviewRequest { concurrency })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} households · {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let mut last = None;
+    while let Some(p) = stream.message().await.map_err(status_error)? {
+        if last.is_none() && p.resumed {
+            bar.println(format!(
+                "resuming review {} ({} of {} done)",
+                p.review_id, p.done, p.total
+            ));
+        }
+        bar.set_length(u64::from(p.total));
+        bar.set_position(u64::from(p.done));
+        bar.set_message(format!(
+            "{} alerts, {} failed, cache {}/{}",
+            p.alerts, p.failed, p.cache_hits, p.source_answers
+        ));
+        last = Some(p);
+    }
+    bar.finish();
+    let p = last.context("the broker sent no progress")?;
+    println!(
+        "review {}: {} of {} households done, {} alerts raised, {} failed{}",
+        p.review_id,
+        p.done,
+        p.total,
+        p.alerts,
+        p.failed,
+        if p.finished {
+            ""
+        } else {
+            "; run hedui review again to resume"
+        }
+    );
+    if p.finished {
+        Ok(())
+    } else {
+        anyhow::bail!("the review is not finished")
+    }
+}

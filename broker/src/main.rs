@@ -89,6 +89,17 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
         server: String,
     },
+    /// Re-verify every household this client has enrolled (bulk review),
+    /// resuming an unfinished review, with a progress bar.
+    Review {
+        /// Households verified at once (the sources' rate limits set the
+        /// pace); 0 means the broker's default.
+        #[arg(long, default_value_t = 0)]
+        concurrency: u32,
+        /// The broker's address.
+        #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
+        server: String,
+    },
     /// The audit log: query, export, verify, prove, purge.
     #[command(subcommand)]
     Audit(hedui::audit::cli::AuditCommand),
@@ -364,6 +375,10 @@ async fn main() -> anyhow::Result<()> {
             watch,
             server,
         } => client::report(&server, &report_id, watch).await,
+        Command::Review {
+            concurrency,
+            server,
+        } => client::review(&server, concurrency).await,
         Command::BenchAudit(args) => hedui::audit::bench::run(&args).await,
         Command::Audit(command) => {
             existing_audit_log(&command)?;

@@ -274,6 +274,11 @@ impl Verifier {
         }
     }
 
+    /// The longest deadline a request may set.
+    pub fn max_deadline(&self) -> Duration {
+        self.deadlines.max
+    }
+
     /// The sources asked, in order.
     pub fn sources(&self) -> &[SourceHandle] {
         &self.sources

@@ -218,3 +218,110 @@ async fn a_car_published_on_nats_jetstream_raises_an_alert() {
     broker.stop().await;
     agencies.stop().await;
 }
+
+/// Bulk review: every enrolled household verified again at the household
+/// source's rate limit; cut by a crash, resumed without repeating the
+/// households done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_review_cut_by_a_crash_resumes_without_repeating_households() {
+    use hedui_mock_agencies::control::proto::{GetStatsRequest, ResetStatsRequest};
+    use hedui_proto::v1::ReviewRequest;
+    const ENROLLED: usize = 24;
+    let broker = BrokerProcess::start(
+        &format!(
+            "[simulation]\nhouseholds = {HOUSEHOLDS}\nlatency_p50_ms = 0\nlatency_p99_ms = 0\n\n[cache]\nenabled = false\n\n[limits.sources.public-security]\nrate_per_s = 8\nburst = 1\n"
+        ),
+        &["--simulation-control", "127.0.0.1:0"],
+    )
+    .await
+    .unwrap();
+    let truths = Population::generate(&PopulationConfig {
+        seed: SEED,
+        households: HOUSEHOLDS,
+        today: china_today().parse().unwrap(),
+    })
+    .truth(&TruthPolicy::default());
+    let mut watch = client(&broker.url).await;
+    for t in &truths[..ENROLLED] {
+        watch
+            .enrol(EnrolRequest {
+                request: Some(review(&t.applicant_id)),
+            })
+            .await
+            .unwrap();
+    }
+    let household_lookups = |control: String| async move {
+        let mut c = AgencyControlServiceClient::connect(control).await.unwrap();
+        c.get_stats(GetStatsRequest {
+            source_id: "public-security".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sources[0]
+            .lookups
+    };
+    AgencyControlServiceClient::connect(broker.simulation_control.clone().unwrap())
+        .await
+        .unwrap()
+        .reset_stats(ResetStatsRequest::default())
+        .await
+        .unwrap();
+    let mut progress = watch
+        .review(ReviewRequest { concurrency: 4 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = progress.message().await.unwrap().unwrap();
+    assert_eq!(first.total as usize, ENROLLED);
+    assert!(!first.resumed);
+    // Killed once a few households are done.
+    loop {
+        let p = progress.message().await.unwrap().expect("progress");
+        if p.done >= 6 {
+            break;
+        }
+    }
+    let broker = broker.restart().await.unwrap();
+    let mut watch = client(&broker.url).await;
+    let mut progress = watch
+        .review(ReviewRequest { concurrency: 4 })
+        .await
+        .unwrap()
+        .into_inner();
+    let resumed = progress.message().await.unwrap().unwrap();
+    assert!(resumed.resumed);
+    assert_eq!(resumed.review_id, first.review_id);
+    assert!(
+        resumed.done >= 6 && (resumed.done as usize) < ENROLLED,
+        "{resumed:?}"
+    );
+    let mut last = resumed.clone();
+    while let Some(p) = progress.message().await.unwrap() {
+        last = p;
+    }
+    assert!(last.finished, "{last:?}");
+    assert_eq!(last.done as usize, ENROLLED);
+    assert_eq!(last.failed, 0);
+    // The restarted broker asked the household source only for the
+    // households not done before the crash.
+    let asked = household_lookups(broker.simulation_control.clone().unwrap()).await;
+    assert_eq!(asked, u64::from(resumed.total - resumed.done));
+    // A review after a finished one is a new one.
+    let mut progress = watch
+        .review(ReviewRequest { concurrency: 4 })
+        .await
+        .unwrap()
+        .into_inner();
+    let again = progress.message().await.unwrap().unwrap();
+    assert!(!again.resumed);
+    assert_ne!(again.review_id, first.review_id);
+    let e = watch
+        .review(ReviewRequest {
+            concurrency: 100_000,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("concurrency"), "{}", e.message());
+    broker.stop().await;
+}

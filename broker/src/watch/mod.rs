@@ -11,6 +11,7 @@
 //! delivered twice.
 
 pub mod feed;
+pub mod review;
 pub mod service;
 
 use std::{sync::Arc, time::SystemTime};
@@ -64,6 +65,83 @@ pub struct Raised {
     pub client: String,
     /// The alert.
     pub alert: Alert,
+}
+
+/// An enrolled household, as stored.
+#[derive(Debug, Clone)]
+struct Enrolled {
+    enrolment_id: String,
+    client: String,
+    request: VerificationRequest,
+    last_report_id: String,
+}
+
+impl Enrolled {
+    fn from_row(
+        (enrolment_id, client, request, last_report_id): (String, String, Vec<u8>, String),
+    ) -> Result<Self, WatchError> {
+        let request = VerificationRequest::decode(request.as_slice()).map_err(|_| {
+            WatchError::Verify(VerifyError::StoreUnavailable(StoreError::Corrupt(
+                enrolment_id.clone(),
+            )))
+        })?;
+        Ok(Self {
+            enrolment_id,
+            client,
+            request,
+            last_report_id,
+        })
+    }
+}
+
+/// The result of verifying an enrolled household again: its new baseline
+/// and persons, and the alert due, if any.
+#[derive(Debug)]
+struct Update {
+    enrolment_id: String,
+    client: String,
+    persons: Vec<String>,
+    report: Report,
+    alert: Option<Alert>,
+    /// Source answers served from the cache, of all source answers.
+    cache_hits: u32,
+    answers: u32,
+}
+
+impl Update {
+    /// Writes the new baseline, persons and alert in `tx`.
+    async fn apply(&self, tx: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE enrolments SET last_report_id = ? WHERE enrolment_id = ?")
+            .bind(&self.report.report_id)
+            .bind(&self.enrolment_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM enrolment_members WHERE enrolment_id = ?")
+            .bind(&self.enrolment_id)
+            .execute(&mut *tx)
+            .await?;
+        for p in &self.persons {
+            sqlx::query("INSERT INTO enrolment_members (person_id, enrolment_id) VALUES (?, ?)")
+                .bind(p)
+                .bind(&self.enrolment_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(alert) = &self.alert {
+            sqlx::query(
+                "INSERT INTO alerts (alert_id, enrolment_id, client, body, raised_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&alert.alert_id)
+            .bind(&self.enrolment_id)
+            .bind(&self.client)
+            .bind(alert.encode_to_vec())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// Households under management and their alerts.
@@ -295,75 +373,12 @@ impl Watch {
         .bind(&event.person_id)
         .fetch_all(&self.pool)
         .await?;
-        let mut raised = Vec::new();
         let mut updates = Vec::new();
-        for (enrolment_id, client, request, last_report_id) in enrolments {
-            let request = VerificationRequest::decode(request.as_slice()).map_err(|_| {
-                WatchError::Verify(VerifyError::StoreUnavailable(StoreError::Corrupt(
-                    enrolment_id.clone(),
-                )))
-            })?;
-            let old = self.verifier.store().get(&last_report_id).await?;
-            if let Some(old) = &old {
-                // Every member's cached answers: the household source
-                // answers under the applicant's id, banks under all.
-                for p in persons_of(&request, old) {
-                    self.verifier.invalidate_person(&p);
-                }
-            }
-            let valid = self.verifier.validate(Some(request.clone()), None)?;
-            let caller = Caller::new(format!("watch:{client}"));
-            let report = self.verifier.run(valid, &caller, None).await?;
-            let alert = old.as_ref().and_then(|old| {
-                compare(old, &report).map(|changes| {
-                    let reason = format!(
-                        "{} at {} (record {}): verdict {} → {}{}",
-                        change_name(event.kind),
-                        event.source_id,
-                        event.record_id,
-                        outcome_name(old.verdict),
-                        outcome_name(report.verdict),
-                        if changes.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                "; {}",
-                                changes
-                                    .iter()
-                                    .map(|c| format!(
-                                        "{} {} {} → {}",
-                                        c.indicator_id,
-                                        c.name,
-                                        outcome_name(c.old_outcome),
-                                        outcome_name(c.new_outcome)
-                                    ))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        }
-                    );
-                    Alert {
-                        alert_id: uuid::Uuid::new_v4().to_string(),
-                        enrolment_id: enrolment_id.clone(),
-                        household_number: report.household_number.clone(),
-                        event: Some(event.clone()),
-                        old_verdict: old.verdict,
-                        new_verdict: report.verdict,
-                        changes,
-                        report_id: report.report_id.clone(),
-                        raised_at: Some(timestamp(SystemTime::now())),
-                        reason,
-                    }
-                })
-            });
-            updates.push((
-                enrolment_id,
-                client,
-                persons_of(&request, &report),
-                report,
-                alert,
-            ));
+        for row in enrolments {
+            let enrolled = Enrolled::from_row(row)?;
+            updates.push(self.reverify(&enrolled, Some(event)).await?);
         }
+        let mut raised = Vec::new();
         // One transaction: the event handled, the alerts, the new
         // baselines. Another handler of the same event (a redelivery, a
         // second broker) that committed first wins; this one then changes
@@ -379,39 +394,11 @@ impl Watch {
             tx.rollback().await?;
             return Ok(Vec::new());
         }
-        for (enrolment_id, client, persons, report, alert) in &updates {
-            sqlx::query("UPDATE enrolments SET last_report_id = ? WHERE enrolment_id = ?")
-                .bind(&report.report_id)
-                .bind(enrolment_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM enrolment_members WHERE enrolment_id = ?")
-                .bind(enrolment_id)
-                .execute(&mut *tx)
-                .await?;
-            for p in persons {
-                sqlx::query(
-                    "INSERT INTO enrolment_members (person_id, enrolment_id) VALUES (?, ?)",
-                )
-                .bind(p)
-                .bind(enrolment_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some(alert) = alert {
-                sqlx::query(
-                    "INSERT INTO alerts (alert_id, enrolment_id, client, body, raised_at) \
-                     VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(&alert.alert_id)
-                .bind(enrolment_id)
-                .bind(client)
-                .bind(alert.encode_to_vec())
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+        for update in &updates {
+            update.apply(&mut tx).await?;
+            if let Some(alert) = &update.alert {
                 raised.push(Raised {
-                    client: client.clone(),
+                    client: update.client.clone(),
                     alert: alert.clone(),
                 });
             }
@@ -426,6 +413,103 @@ impl Watch {
             tracing::debug!(event = %event.event_id, "change about nobody enrolled");
         }
         Ok(raised.into_iter().map(|r| r.alert).collect())
+    }
+
+    /// Verifies an enrolled household again, after `event` or for a
+    /// periodic review, and works out the alert due.
+    async fn reverify(
+        &self,
+        e: &Enrolled,
+        event: Option<&ChangeEvent>,
+    ) -> Result<Update, WatchError> {
+        let old = self.verifier.store().get(&e.last_report_id).await?;
+        if let (Some(old), Some(_)) = (&old, event) {
+            // Every member's cached answers: the household source answers
+            // under the applicant's id, banks under all.
+            for p in persons_of(&e.request, old) {
+                self.verifier.invalidate_person(&p);
+            }
+        }
+        let valid = self.verifier.validate(Some(e.request.clone()), None)?;
+        let caller = Caller::new(format!("watch:{}", e.client));
+        let report = self.verifier.run(valid, &caller, None).await?;
+        let answers = report
+            .sources
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.status(),
+                    hedui_proto::v1::SourceStatus::Ok | hedui_proto::v1::SourceStatus::NoRecord
+                )
+            })
+            .count();
+        let cache_hits = report.sources.iter().filter(|s| s.from_cache).count();
+        let alert = old.as_ref().and_then(|old| {
+            compare(old, &report).map(|changes| {
+                let what = match event {
+                    Some(event) => format!(
+                        "{} at {} (record {})",
+                        change_name(event.kind),
+                        event.source_id,
+                        event.record_id
+                    ),
+                    None => "periodic review".to_owned(),
+                };
+                let reason = format!(
+                    "{what}: verdict {} → {}{}",
+                    outcome_name(old.verdict),
+                    outcome_name(report.verdict),
+                    if changes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {}",
+                            changes
+                                .iter()
+                                .map(|c| format!(
+                                    "{} {} {} → {}",
+                                    c.indicator_id,
+                                    c.name,
+                                    outcome_name(c.old_outcome),
+                                    outcome_name(c.new_outcome)
+                                ))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+                Alert {
+                    alert_id: uuid::Uuid::new_v4().to_string(),
+                    enrolment_id: e.enrolment_id.clone(),
+                    household_number: report.household_number.clone(),
+                    event: event.cloned(),
+                    old_verdict: old.verdict,
+                    new_verdict: report.verdict,
+                    changes,
+                    report_id: report.report_id.clone(),
+                    raised_at: Some(timestamp(SystemTime::now())),
+                    reason,
+                }
+            })
+        });
+        Ok(Update {
+            enrolment_id: e.enrolment_id.clone(),
+            client: e.client.clone(),
+            persons: persons_of(&e.request, &report),
+            report,
+            alert,
+            cache_hits: u32::try_from(cache_hits).unwrap_or(u32::MAX),
+            answers: u32::try_from(answers).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// [`Watch::reverify`] for a bulk review: no event, and the broker's
+    /// longest deadline, so that waiting for a rate-limited source's slot
+    /// does not cost its answer.
+    async fn reverify_for_review(&self, e: &Enrolled) -> Result<Update, WatchError> {
+        let mut e = e.clone();
+        e.request.deadline = prost_types::Duration::try_from(self.verifier.max_deadline()).ok();
+        self.reverify(&e, None).await
     }
 
     /// Handles events from `events` until it closes, logging failures.

@@ -4,8 +4,8 @@ use std::{collections::HashSet, pin::Pin, sync::Arc};
 
 use futures::Stream;
 use hedui_proto::v1::{
-    AcknowledgeAlertRequest, AcknowledgeAlertResponse, EnrolRequest, EnrolResponse,
-    StreamAlertsRequest, StreamAlertsResponse, UnenrolRequest, UnenrolResponse,
+    AcknowledgeAlertRequest, AcknowledgeAlertResponse, EnrolRequest, EnrolResponse, ReviewRequest,
+    ReviewResponse, StreamAlertsRequest, StreamAlertsResponse, UnenrolRequest, UnenrolResponse,
     watch_service_server::WatchService,
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc};
@@ -137,6 +137,45 @@ impl WatchService for WatchApi {
                     }
                     Err(RecvError::Closed) => return,
                 }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReviewStream = Pin<Box<dyn Stream<Item = Result<ReviewResponse, Status>> + Send>>;
+
+    async fn review(
+        &self,
+        request: Request<ReviewRequest>,
+    ) -> Result<Response<Self::ReviewStream>, Status> {
+        let caller = caller_of(&request);
+        let concurrency = request.into_inner().concurrency;
+        if concurrency > super::review::MAX_CONCURRENCY {
+            return Err(Status::invalid_argument(format!(
+                "concurrency: {concurrency} is more than {}",
+                super::review::MAX_CONCURRENCY
+            )));
+        }
+        let (progress_tx, mut progress_rx) = mpsc::channel::<ReviewResponse>(64);
+        let (tx, rx) = mpsc::channel(64);
+        let watch = self.watch.clone();
+        // The review goes on when the caller goes away: it is stored, and
+        // the next Review resumes it if it was cut.
+        tokio::spawn(async move {
+            let forward = {
+                let tx = tx.clone();
+                async move {
+                    while let Some(p) = progress_rx.recv().await {
+                        if tx.send(Ok(p)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            };
+            let run = watch.review(&caller, concurrency, Some(progress_tx));
+            let (result, ()) = tokio::join!(run, forward);
+            if let Err(e) = result {
+                let _ = tx.send(Err(status(e))).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
