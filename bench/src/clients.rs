@@ -1,0 +1,262 @@
+//! The calls the load generator makes: an echo call (baseline A), a direct
+//! fan-out to the simulated agencies (baseline B), a verification through
+//! the broker (S1 to S4), and the agencies' control service.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use hedui_adapters::catalog::{Catalog, HOUSEHOLD_SOURCE};
+use hedui_mock_agencies::control::proto::{
+    Faults, Latency, SetFaultsRequest, agency_control_service_client::AgencyControlServiceClient,
+};
+use hedui_proto::v1::{
+    CheckRequest, LookupRequest, Purpose, RegistrationStatus, SourceStatus, VerificationRequest,
+    VerifyRequest, adapter_service_client::AdapterServiceClient, fact,
+    verification_service_client::VerificationServiceClient,
+};
+use tonic::transport::Channel;
+
+use crate::load::Outcome;
+
+/// Deadline of every request the benchmark sends (gRPC and, for the
+/// broker, the verification's own).
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Largest answer accepted from the broker.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// `n` HTTP/2 connections to `url` (each a tonic channel), connected now.
+pub(crate) async fn channels(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let channel = Channel::from_shared(url.to_owned())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        out.push(channel);
+    }
+    Ok(out)
+}
+
+/// Baseline A: one `AdapterService/Check` to the echo server.
+pub(crate) async fn echo_once(channel: Channel, i: usize) -> Outcome {
+    let mut client = AdapterServiceClient::new(channel);
+    let mut request = tonic::Request::new(CheckRequest {
+        source_id: format!("echo-{i}"),
+    });
+    request.set_timeout(REQUEST_DEADLINE);
+    let answer = client.check(request).await?.into_inner();
+    if !answer.serving {
+        bail!("the echo server says it is not serving");
+    }
+    Ok(None)
+}
+
+/// The verification request for applicant `applicant`, the `i`-th of the
+/// run.
+pub(crate) fn verification_request(
+    applicant: &str,
+    i: usize,
+    deadline: Duration,
+) -> VerificationRequest {
+    VerificationRequest {
+        applicant_id: applicant.to_owned(),
+        consent_reference: format!("SQ-BENCH-{i}"),
+        purpose: Purpose::DibaoApplication as i32,
+        operator_id: "bench".into(),
+        deadline: prost_types::Duration::try_from(deadline).ok(),
+        ..Default::default()
+    }
+}
+
+fn duration_of(d: Option<&prost_types::Duration>) -> Option<Duration> {
+    d.and_then(|d| Duration::try_from(*d).ok())
+}
+
+/// S1 to S4: one `VerificationService/Verify`. A report in which a source
+/// did not answer (`OK` or `NO_RECORD`) counts as a failure: it is not a
+/// whole verification. Gives the slowest source's latency in the report.
+pub(crate) async fn verify_once(channel: Channel, applicant: &str, i: usize) -> Outcome {
+    let mut client = VerificationServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut request = tonic::Request::new(VerifyRequest {
+        request: Some(verification_request(applicant, i, REQUEST_DEADLINE)),
+    });
+    request.set_timeout(REQUEST_DEADLINE + Duration::from_secs(1));
+    let report = client
+        .verify(request)
+        .await?
+        .into_inner()
+        .report
+        .context("a VerifyResponse without a report")?;
+    let answered = |s: &hedui_proto::v1::SourceResult| {
+        matches!(s.status(), SourceStatus::Ok | SourceStatus::NoRecord)
+    };
+    if let Some(bad) = report.sources.iter().find(|s| !answered(s)) {
+        let count = report.sources.iter().filter(|s| !answered(s)).count();
+        bail!(
+            "{count} source(s) did not answer, e.g. {}: {:?} {}",
+            bad.source_id,
+            bad.status(),
+            bad.detail
+        );
+    }
+    if report.sources.is_empty() {
+        bail!("a report with no sources");
+    }
+    Ok(report
+        .sources
+        .iter()
+        .filter_map(|s| duration_of(s.latency.as_ref()))
+        .max())
+}
+
+/// Baseline B: a platform's own clients of every simulated source, one
+/// HTTP/2 connection per source (as the broker has).
+#[derive(Debug)]
+pub(crate) struct DirectClients {
+    household: (String, Vec<i32>, Channel),
+    others: Vec<(String, Vec<i32>, Channel)>,
+}
+
+impl DirectClients {
+    /// Connects to each source of `endpoints` (source id → URL), which must
+    /// hold every source of the catalog.
+    pub(crate) async fn connect(
+        endpoints: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        let catalog = Catalog::dachuan();
+        let mut household = None;
+        let mut others = Vec::new();
+        for spec in catalog.iter() {
+            let url = endpoints
+                .get(&spec.id)
+                .with_context(|| format!("the agencies serve no {:?}", spec.id))?;
+            let channel = channels(url, 1).await?.remove(0);
+            let kinds: Vec<i32> = spec.fact_kinds.iter().map(|k| *k as i32).collect();
+            if spec.id == HOUSEHOLD_SOURCE {
+                household = Some((spec.id.clone(), kinds, channel));
+            } else {
+                others.push((spec.id.clone(), kinds, channel));
+            }
+        }
+        Ok(Self {
+            household: household.context("the catalog has no household source")?,
+            others,
+        })
+    }
+
+    /// How many sources a fan-out asks after the household source.
+    pub(crate) fn fan_out_width(&self) -> usize {
+        self.others.len()
+    }
+}
+
+fn lookup_request(
+    source_id: &str,
+    kinds: &[i32],
+    persons: Vec<String>,
+    i: usize,
+) -> tonic::Request<LookupRequest> {
+    let mut request = tonic::Request::new(LookupRequest {
+        request_id: format!("bench-{i}"),
+        source_id: source_id.to_owned(),
+        person_ids: persons,
+        fact_kinds: kinds.to_vec(),
+        purpose: Purpose::DibaoApplication as i32,
+        consent_reference: format!("SQ-BENCH-{i}"),
+    });
+    request.set_timeout(REQUEST_DEADLINE);
+    request
+}
+
+/// Baseline B: resolves the applicant's household at `public-security`,
+/// then asks the 27 other sources about its active members, all at once.
+/// Gives the slowest of the 27 calls.
+pub(crate) async fn direct_fan_out(
+    clients: Arc<DirectClients>,
+    applicant: &str,
+    i: usize,
+) -> Outcome {
+    let (id, kinds, channel) = &clients.household;
+    let answer = AdapterServiceClient::new(channel.clone())
+        .lookup(lookup_request(id, kinds, vec![applicant.to_owned()], i))
+        .await
+        .with_context(|| id.clone())?
+        .into_inner();
+    let registration = answer
+        .answers
+        .iter()
+        .find(|a| a.person_id == applicant)
+        .and_then(|a| {
+            a.facts.iter().find_map(|f| match &f.value {
+                Some(fact::Value::HouseholdRegistration(r)) => Some(r),
+                _ => None,
+            })
+        })
+        .with_context(|| format!("{id}: no household registration of {applicant}"))?;
+    let members: Vec<String> = registration
+        .members
+        .iter()
+        .filter(|m| m.status() == RegistrationStatus::Active)
+        .map(|m| m.person_id.clone())
+        .collect();
+    if members.is_empty() {
+        bail!("{id}: household of {applicant} has no active member");
+    }
+    let calls = clients.others.iter().map(|(id, kinds, channel)| {
+        let request = lookup_request(id, kinds, members.clone(), i);
+        let mut client = AdapterServiceClient::new(channel.clone());
+        async move {
+            let started = std::time::Instant::now();
+            client.lookup(request).await.with_context(|| id.clone())?;
+            Ok::<_, anyhow::Error>(started.elapsed())
+        }
+    });
+    let mut slowest = Duration::ZERO;
+    for r in futures::future::join_all(calls).await {
+        slowest = slowest.max(r?);
+    }
+    Ok(Some(slowest))
+}
+
+/// The agencies' control service.
+pub(crate) async fn control(url: &str) -> anyhow::Result<AgencyControlServiceClient<Channel>> {
+    AgencyControlServiceClient::connect(url.to_owned())
+        .await
+        .with_context(|| format!("cannot reach the agencies' control service at {url}"))
+}
+
+/// S3's latency of a source: public security p50 5 ms p99 20 ms, a bank
+/// p50 80 ms p99 400 ms, any other department p50 20 ms p99 100 ms.
+pub(crate) fn realistic_latency(source_id: &str) -> Latency {
+    let (p50_ms, p99_ms) = if source_id == HOUSEHOLD_SOURCE {
+        (5, 20)
+    } else if source_id.contains("bank") {
+        (80, 400)
+    } else {
+        (20, 100)
+    };
+    Latency { p50_ms, p99_ms }
+}
+
+/// Sets the latency of every source to `latency(id)` and their faults to
+/// `faults(id)` (`None`: no fault).
+pub(crate) async fn set_all(
+    control_url: &str,
+    sources: impl IntoIterator<Item = &String>,
+    latency: impl Fn(&str) -> Latency,
+    faults: impl Fn(&str) -> Option<Faults>,
+) -> anyhow::Result<()> {
+    let mut c = control(control_url).await?;
+    for id in sources {
+        c.set_faults(SetFaultsRequest {
+            source_id: id.clone(),
+            faults: faults(id),
+            latency: Some(latency(id)),
+        })
+        .await
+        .with_context(|| format!("SetFaults {id}"))?;
+    }
+    Ok(())
+}

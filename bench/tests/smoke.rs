@@ -1,0 +1,63 @@
+//! Smoke test of the benchmark: each scenario runs for a fraction of a
+//! second and produces figures. Timings are never asserted, only that
+//! operations were counted. Needs the workspace's `hedui` and
+//! `mock-agencies` binaries of the same profile (`cargo test --workspace`
+//! builds them).
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_hedui-bench"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("hedui-bench runs");
+    assert!(
+        out.status.success(),
+        "hedui-bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("JSON")
+}
+
+fn ok_of(results: &serde_json::Value, id: &str) -> u64 {
+    results["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no row {id}"))["ok"]
+        .as_u64()
+        .expect("ok count")
+}
+
+#[test]
+fn every_scenario_produces_figures() {
+    let results = run(&[
+        "--seconds",
+        "0.3",
+        "--concurrency",
+        "4",
+        "--connections",
+        "2",
+        "--households",
+        "50",
+        "--warm-households",
+        "5",
+        "--memory-levels",
+        "1,4",
+        "--only",
+        "a,b,s1,s2,s3,s4,s5",
+    ]);
+    for id in ["A", "B", "S1", "S2", "S3", "S4"] {
+        assert!(ok_of(&results, id) > 0, "{id} counted nothing: {results}");
+    }
+    let levels = results["s5"]["levels"].as_array().expect("S5 levels");
+    assert_eq!(levels.len(), 2, "{results}");
+    assert!(levels.iter().all(|l| l["in_flight"].as_u64() > Some(0)));
+    assert!(!results["ratios"].as_array().expect("ratios").is_empty());
+}
