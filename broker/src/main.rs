@@ -106,6 +106,9 @@ enum Command {
     /// Benchmark the audit log: durable records per second, SQLite and
     /// PostgreSQL, 1 writer vs 64 (docs/benchmarks.md).
     BenchAudit(hedui::audit::bench::BenchArgs),
+    /// Benchmark a bulk review of a Dachuan-scale enrolment against
+    /// rate-limited simulated sources (docs/benchmarks.md).
+    BenchReview(hedui::watch::bench::BenchReviewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +383,7 @@ async fn main() -> anyhow::Result<()> {
             server,
         } => client::review(&server, concurrency).await,
         Command::BenchAudit(args) => hedui::audit::bench::run(&args).await,
+        Command::BenchReview(args) => hedui::watch::bench::run(&args).await,
         Command::Audit(command) => {
             existing_audit_log(&command)?;
             let code = hedui::audit::cli::run(command).await?;

@@ -10,6 +10,7 @@
 //! acknowledges it, across restarts. An event is handled once, even when
 //! delivered twice.
 
+pub mod bench;
 pub mod feed;
 pub mod review;
 pub mod service;
