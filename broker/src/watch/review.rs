@@ -18,6 +18,11 @@ use tracing::{info, warn};
 use super::{Enrolled, Raised, Watch, WatchError, now_ms};
 use crate::verify::Caller;
 
+/// Households committed in one transaction, at most.
+const COMMIT_BATCH: usize = 256;
+/// Longest a household done waits for its commit.
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Households verified at once when the request says 0.
 pub const DEFAULT_CONCURRENCY: u32 = 32;
 /// Most households verified at once.
@@ -110,44 +115,55 @@ impl Watch {
         let mut results = futures::stream::iter(todo)
             .map(|row| {
                 let this = Arc::clone(self);
-                let review_id = review_id.clone();
                 async move {
                     let enrolled = Enrolled::from_row(row)?;
-                    let update = this.reverify_for_review(&enrolled).await?;
-                    let mut tx = this.pool.begin().await?;
-                    update.apply(&mut tx).await?;
-                    sqlx::query(
-                        "UPDATE review_items SET done = 1 WHERE review_id = ? AND enrolment_id = ?",
-                    )
-                    .bind(&review_id)
-                    .bind(&enrolled.enrolment_id)
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    if let Some(alert) = &update.alert {
-                        let _ = this.raised.send(Raised {
-                            client: update.client.clone(),
-                            alert: alert.clone(),
-                        });
-                    }
-                    Ok::<_, WatchError>(update)
+                    this.reverify_for_review(&enrolled).await
                 }
             })
             .buffer_unordered(concurrency as usize);
-        while let Some(result) = results.next().await {
-            match result {
-                Ok(update) => {
-                    state.done += 1;
-                    state.alerts += u32::from(update.alert.is_some());
-                    state.cache_hits += update.cache_hits;
-                    state.source_answers += update.answers;
-                }
-                Err(e) => {
+        // Households done are committed in groups (one transaction for
+        // many, as the audit log does): SQLite has one writer, and a
+        // transaction per household would queue the verifications behind
+        // it. A crash loses at most the group not yet committed; those
+        // households are verified again on resume.
+        let mut batch: Vec<super::Update> = Vec::new();
+        let mut last_commit = std::time::Instant::now();
+        loop {
+            let next = results.next().await;
+            match &next {
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => {
                     warn!(review = %review_id, error = %e, "household not reviewed; left for a resume");
                     state.failed += 1;
                 }
             }
-            send(&state);
+            let finished = next.is_none();
+            if let Some(Ok(update)) = next {
+                batch.push(update);
+            }
+            let due = batch.len() >= COMMIT_BATCH
+                || (!batch.is_empty() && last_commit.elapsed() >= COMMIT_EVERY)
+                || (finished && !batch.is_empty());
+            if due {
+                self.commit_reviewed(&review_id, &batch).await?;
+                for update in batch.drain(..) {
+                    state.done += 1;
+                    state.alerts += u32::from(update.alert.is_some());
+                    state.cache_hits += update.cache_hits;
+                    state.source_answers += update.answers;
+                    if let Some(alert) = update.alert {
+                        let _ = self.raised.send(Raised {
+                            client: update.client,
+                            alert,
+                        });
+                    }
+                }
+                last_commit = std::time::Instant::now();
+                send(&state);
+            }
+            if finished {
+                break;
+            }
         }
         if state.done == state.total {
             sqlx::query("UPDATE reviews SET finished_at = ? WHERE review_id = ?")
@@ -163,5 +179,27 @@ impl Watch {
             let _ = tx.send(state.clone()).await;
         }
         Ok(state)
+    }
+
+    /// Commits reviewed households: their baselines, alerts, and their
+    /// items marked done, in one transaction.
+    async fn commit_reviewed(
+        &self,
+        review_id: &str,
+        batch: &[super::Update],
+    ) -> Result<(), WatchError> {
+        let mut tx = self.pool.begin().await?;
+        for update in batch {
+            update.apply(&mut tx).await?;
+            sqlx::query(
+                "UPDATE review_items SET done = 1 WHERE review_id = ? AND enrolment_id = ?",
+            )
+            .bind(review_id)
+            .bind(&update.enrolment_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
