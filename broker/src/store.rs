@@ -61,7 +61,7 @@ impl ReportStore {
         // One connection for an in-memory database: every connection would
         // otherwise see its own empty database.
         let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 4 })
+            .max_connections(if memory { 1 } else { 8 })
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;

@@ -51,6 +51,9 @@ pub enum WatchError {
     /// The store failed.
     #[error("watch store: {0}")]
     Store(#[from] sqlx::Error),
+    /// A bug: a task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<StoreError> for WatchError {
@@ -102,6 +105,9 @@ struct Update {
     enrolment_id: String,
     client: String,
     persons: Vec<String>,
+    /// Whether `persons` differ from those stored (a birth, a death, a
+    /// move): only then are they rewritten.
+    persons_changed: bool,
     report: Report,
     alert: Option<Alert>,
     /// Source answers served from the cache, of all source answers.
@@ -117,6 +123,9 @@ impl Update {
             .bind(&self.enrolment_id)
             .execute(&mut *tx)
             .await?;
+        if !self.persons_changed {
+            return self.insert_alert(tx).await;
+        }
         sqlx::query("DELETE FROM enrolment_members WHERE enrolment_id = ?")
             .bind(&self.enrolment_id)
             .execute(&mut *tx)
@@ -128,6 +137,10 @@ impl Update {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.insert_alert(tx).await
+    }
+
+    async fn insert_alert(&self, tx: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
         if let Some(alert) = &self.alert {
             sqlx::query(
                 "INSERT INTO alerts (alert_id, enrolment_id, client, body, raised_at) \
@@ -493,10 +506,15 @@ impl Watch {
                 }
             })
         });
+        let persons = persons_of(&e.request, &report);
+        let persons_changed = old
+            .as_ref()
+            .is_none_or(|old| persons_of(&e.request, old) != persons);
         Ok(Update {
             enrolment_id: e.enrolment_id.clone(),
             client: e.client.clone(),
-            persons: persons_of(&e.request, &report),
+            persons,
+            persons_changed,
             report,
             alert,
             cache_hits: u32::try_from(cache_hits).unwrap_or(u32::MAX),

@@ -19,7 +19,7 @@ use super::{Enrolled, Raised, Watch, WatchError, now_ms};
 use crate::verify::Caller;
 
 /// Households committed in one transaction, at most.
-const COMMIT_BATCH: usize = 256;
+const COMMIT_BATCH: usize = 64;
 /// Longest a household done waits for its commit.
 const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -115,9 +115,19 @@ impl Watch {
         let mut results = futures::stream::iter(todo)
             .map(|row| {
                 let this = Arc::clone(self);
-                async move {
+                // Each household in a task of its own: while this loop
+                // commits, the verifications under way keep going (and
+                // give back the connections they hold).
+                let task = tokio::spawn(async move {
                     let enrolled = Enrolled::from_row(row)?;
                     this.reverify_for_review(&enrolled).await
+                });
+                async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(WatchError::Internal(format!(
+                            "the verification task failed: {e}"
+                        )))
+                    })
                 }
             })
             .buffer_unordered(concurrency as usize);

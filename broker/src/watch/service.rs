@@ -33,6 +33,10 @@ fn status(e: WatchError) -> Status {
         WatchError::Verify(v) => to_status(v),
         WatchError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
         WatchError::NotFound(m) => Status::not_found(m),
+        WatchError::Internal(m) => {
+            tracing::error!(error = %m, "watch failed");
+            Status::internal("internal error")
+        }
         WatchError::Store(err) => {
             tracing::error!(error = %err, "watch store failed");
             Status::unavailable("the watch store is unavailable")
