@@ -29,15 +29,15 @@ pub mod config;
 use std::{
     fmt,
     num::NonZeroU32,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
 use async_trait::async_trait;
-use governor::{
-    DefaultDirectRateLimiter, Quota, RateLimiter,
-    clock::{Clock, DefaultClock},
-};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hedui_adapters::{
     Adapter, AdapterError, LookupContext, answer::check_answer, catalog::SourceSpec,
 };
@@ -214,6 +214,10 @@ pub struct SourceGuard {
     settings: GuardSettings,
     cache: Option<AnswerCache>,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// Callers waiting for a rate-limit slot take turns through this.
+    rate_queue: tokio::sync::Mutex<()>,
+    /// How many callers wait for a rate-limit slot.
+    rate_waiters: AtomicUsize,
     bulkhead: Option<Semaphore>,
     breaker: Breaker,
     budget: RetryBudget,
@@ -226,6 +230,15 @@ impl fmt::Debug for SourceGuard {
             .field("settings", &self.settings)
             .field("breaker", &self.breaker.state())
             .finish_non_exhaustive()
+    }
+}
+
+/// Counts a caller out of the rate-limit queue when it leaves it.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -259,6 +272,8 @@ impl SourceGuard {
             spec,
             adapter,
             limiter,
+            rate_queue: tokio::sync::Mutex::new(()),
+            rate_waiters: AtomicUsize::new(0),
             bulkhead,
             breaker,
             budget,
@@ -412,21 +427,30 @@ impl SourceGuard {
         request: &LookupRequest,
     ) -> Result<LookupResponse, Attempt> {
         if let Some(limiter) = &self.limiter
-            && let Err(not_until) = limiter.check()
+            && limiter.check().is_err()
         {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
             let rate = self.settings.limits.rate_per_s;
             let held = || {
                 Attempt::NotAsked(GuardError::HeldBack(format!(
                     "the broker's rate limit for this source ({rate}/s) had no slot before the deadline"
                 )))
             };
-            if wait >= ctx.remaining() {
+            // Waiters take their turn one at a time (a FIFO lock in front
+            // of the limiter): a slot wakes one of them, not all, and a
+            // caller whose turn cannot come before its deadline is told at
+            // once.
+            let ahead = self.rate_waiters.fetch_add(1, Ordering::AcqRel);
+            let _waiting = Waiting(&self.rate_waiters);
+            let turn = Duration::from_secs_f64((ahead + 1) as f64 / f64::from(rate.max(1)));
+            if turn >= ctx.remaining() {
                 return Err(held());
             }
-            tokio::time::timeout_at(ctx.deadline, limiter.until_ready())
-                .await
-                .map_err(|_| held())?;
+            tokio::time::timeout_at(ctx.deadline, async {
+                let _turn = self.rate_queue.lock().await;
+                limiter.until_ready().await;
+            })
+            .await
+            .map_err(|_| held())?;
         }
         let busy = || {
             Attempt::NotAsked(GuardError::HeldBack(format!(
