@@ -103,7 +103,10 @@ pub struct Limits {
     /// Calls per second; 0 = no rate limit.
     #[serde(default)]
     pub rate_per_s: u32,
-    /// Calls allowed at once above the rate; 0 = `rate_per_s`.
+    /// Calls allowed at once above the rate; 0 = `rate_per_s`. The rate
+    /// holds over any longer stretch whatever the burst; with a burst of
+    /// 1, each call waits for a millisecond timer, which paces fast
+    /// sources below their rate (400/s becomes about 333/s).
     #[serde(default)]
     pub burst: u32,
     /// Calls in flight at once; 0 = no cap.
