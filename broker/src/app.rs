@@ -108,7 +108,12 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
     audit
         .record(crate::audit::configuration_entry(config))
         .await?;
-    let verifier = Arc::new(Verifier::new(handles, policies, store, audit, deadlines));
+    let ids: Vec<String> = handles.iter().map(|h| h.spec.id.clone()).collect();
+    let allowed = config
+        .allowed_sources(&ids)
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let verifier =
+        Arc::new(Verifier::new(handles, policies, store, audit, deadlines).with_purposes(allowed));
     verifier
         .close_abandoned()
         .await
@@ -478,6 +483,114 @@ pub async fn adapter_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A purpose restricted to some sources asks only those, whether or
+    /// not the cache holds the others' answers for the same household
+    /// (filled by a verification for another purpose), and what needs the
+    /// others is inconclusive.
+    #[tokio::test]
+    async fn a_restricted_purpose_asks_only_its_sources_cache_or_not() {
+        use hedui_mock_agencies::{Population, TruthPolicy};
+        use hedui_proto::v1::{Outcome, Purpose, SourceStatus, VerificationRequest};
+        let config = Config::parse(
+            "[store]\npath = ':memory:'\n[changes]\ntransport = 'none'\n\
+             [simulation]\nhouseholds = 30\nlatency_p50_ms = 0\nlatency_p99_ms = 0\n\
+             [purposes.medical_assistance]\n\
+             sources = ['public-security', 'medical-insurance', 'civil-affairs', 'disabled-federation']\n",
+            "p.toml",
+        )
+        .unwrap();
+        let built = build(&config).await.unwrap();
+        let applicant = Population::generate(&hedui_mock_agencies::population::PopulationConfig {
+            seed: hedui_mock_agencies::population::DEFAULT_SEED,
+            households: 30,
+            today: crate::time::china_date(),
+        })
+        .truth(&TruthPolicy::default())[2]
+            .applicant_id
+            .clone();
+        let caller = crate::verify::Caller::new("p");
+        let verify = |purpose: Purpose| {
+            let v = built.verifier.clone();
+            let caller = caller.clone();
+            let applicant = applicant.clone();
+            async move {
+                let r = VerificationRequest {
+                    applicant_id: applicant,
+                    consent_reference: "SQ-1".into(),
+                    purpose: purpose as i32,
+                    operator_id: "op".into(),
+                    ..Default::default()
+                };
+                v.run(v.validate(Some(r), None).unwrap(), &caller, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        // Every source asked, and cached, for a Dibao application.
+        let full = verify(Purpose::DibaoApplication).await;
+        assert!(
+            full.sources
+                .iter()
+                .all(|s| s.status() != SourceStatus::NotQueried)
+        );
+        built.simulated.reset_stats();
+        let medical = verify(Purpose::MedicalAssistance).await;
+        let allowed = [
+            "public-security",
+            "medical-insurance",
+            "civil-affairs",
+            "disabled-federation",
+        ];
+        for s in &medical.sources {
+            if allowed.contains(&s.source_id.as_str()) {
+                assert_ne!(s.status(), SourceStatus::NotQueried, "{}", s.source_id);
+                assert!(s.from_cache, "{} from the cache", s.source_id);
+            } else {
+                assert_eq!(s.status(), SourceStatus::NotQueried, "{}", s.source_id);
+                assert!(
+                    s.detail.contains("purposes.medical_assistance"),
+                    "{}",
+                    s.detail
+                );
+                assert_eq!(s.fact_count, 0);
+            }
+        }
+        // Nothing of the others reaches the report, from the cache or not.
+        let items = medical
+            .income
+            .iter()
+            .flat_map(|i| i.items.iter().filter_map(|x| x.provenance.as_ref()))
+            .chain(
+                medical
+                    .assets
+                    .iter()
+                    .flat_map(|a| a.items.iter().filter_map(|x| x.provenance.as_ref())),
+            );
+        for p in items {
+            assert!(allowed.contains(&p.source_id.as_str()), "{}", p.source_id);
+        }
+        let r2 = medical.indicators.iter().find(|i| i.id == "R2").unwrap();
+        assert_eq!(r2.outcome, Outcome::Inconclusive as i32);
+        for id in ["rural-commercial-bank", "traffic-police", "employment"] {
+            assert_eq!(built.simulated.stats_of(id).unwrap().lookups, 0, "{id}");
+        }
+        // A wrong purpose name or source is named.
+        let e = Config::parse(
+            "[purposes.holiday]\nsources = ['public-security']\n",
+            "p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("purposes.holiday"), "{e}");
+        let e = Config::parse(
+            "[purposes.dibao_review]\nsources = ['employment']\n",
+            "p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("purposes.dibao_review.sources"), "{e}");
+    }
 
     /// Every configuration shipped under deploy/ parses and builds.
     #[tokio::test]

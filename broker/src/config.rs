@@ -75,6 +75,11 @@ pub struct Config {
     /// (`crate::watch::feed`).
     #[serde(default)]
     pub changes: crate::watch::feed::ChangesConfig,
+    /// Per purpose (`dibao_application`, `medical_assistance`, ...), the
+    /// sources that may be asked; a purpose not listed may ask every
+    /// source.
+    #[serde(default)]
+    pub purposes: std::collections::BTreeMap<String, PurposeConfig>,
     /// Policies beyond the embedded Dachuan one.
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -168,6 +173,16 @@ pub struct PolicyConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// What one purpose may see.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeConfig {
+    /// The sources that may be asked for this purpose (the household
+    /// source always among them); the others are not asked, and what
+    /// needs them is inconclusive.
+    pub sources: Vec<String>,
+}
+
 /// One source to ask.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,8 +264,48 @@ impl Config {
         let ids: Vec<String> = sources.into_iter().map(|s| s.spec.id).collect();
         crate::guard::config::validate(&self.cache, &self.limits, &ids).map_err(err)?;
         self.changes.validate().map_err(err)?;
+        self.allowed_sources(&ids).map_err(err)?;
         self.audit.validate().map_err(err)?;
         Ok(())
+    }
+
+    /// The sources each restricted purpose may ask, by purpose number,
+    /// checked against the configured source `ids`.
+    ///
+    /// # Errors
+    /// A message naming the `purposes` key and what is wrong.
+    pub fn allowed_sources(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::BTreeMap<i32, Vec<String>>, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, p) in &self.purposes {
+            let purpose = hedui_proto::v1::Purpose::from_str_name(&format!(
+                "PURPOSE_{}",
+                name.to_ascii_uppercase()
+            ))
+            .filter(|p| *p != hedui_proto::v1::Purpose::Unspecified)
+            .ok_or_else(|| {
+                format!(
+                    "purposes.{name}: not a purpose (e.g. dibao_application, dibao_review, medical_assistance)"
+                )
+            })?;
+            for s in &p.sources {
+                if !ids.contains(s) {
+                    return Err(format!(
+                        "purposes.{name}.sources: {s:?} is not a configured source; configured: {}",
+                        ids.join(", ")
+                    ));
+                }
+            }
+            if !p.sources.iter().any(|s| s == HOUSEHOLD_SOURCE) {
+                return Err(format!(
+                    "purposes.{name}.sources: must include the household source {HOUSEHOLD_SOURCE:?}"
+                ));
+            }
+            out.insert(purpose as i32, p.sources.clone());
+        }
+        Ok(out)
     }
 
     /// The `[audit]` section with its defaults resolved: the SQLite file,

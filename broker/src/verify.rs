@@ -196,6 +196,8 @@ pub struct Verifier {
     audit: AuditLog,
     deadlines: Deadlines,
     watchers: Watchers,
+    /// Per purpose number, the sources it may ask; absent: every source.
+    allowed: std::collections::BTreeMap<i32, Vec<String>>,
 }
 
 /// A request that passed validation, with its effective deadline.
@@ -231,7 +233,17 @@ impl Verifier {
             audit,
             deadlines,
             watchers: Watchers::default(),
+            allowed: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Restricts purposes to sources: per purpose number, the sources it
+    /// may ask (`[purposes]`); a purpose not in `allowed` asks every
+    /// source.
+    #[must_use]
+    pub fn with_purposes(mut self, allowed: std::collections::BTreeMap<i32, Vec<String>>) -> Self {
+        self.allowed = allowed;
+        self
     }
 
     /// The audit log.
@@ -447,8 +459,30 @@ impl Verifier {
         let mut regular = FuturesUnordered::new();
         let mut late: LateAnswers = FuturesUnordered::new();
         let mut pending_until = deadline;
+        let allowed = self.allowed.get(&request.purpose);
         for (i, source) in self.sources.iter().enumerate() {
             if i == self.household {
+                continue;
+            }
+            if allowed.is_some_and(|ids| !ids.contains(&source.spec.id)) {
+                // Data minimisation: neither asked nor taken from the
+                // cache for this purpose.
+                let name = purpose_name(request.purpose);
+                let outcome = SourceOutcome {
+                    spec: source.spec.clone(),
+                    result: SourceResult {
+                        source_id: source.spec.id.clone(),
+                        source_name: source.spec.name.clone(),
+                        status: SourceStatus::NotQueried as i32,
+                        detail: format!(
+                            "not asked: not needed for the purpose {name} (purposes.{name}.sources)"
+                        ),
+                        ..Default::default()
+                    },
+                    answers: Vec::new(),
+                };
+                send(Event::SourceResult(outcome.result.clone()));
+                outcomes[i] = Some(outcome);
                 continue;
             }
             let long = started + source.guard.late_deadline();
