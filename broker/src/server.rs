@@ -150,11 +150,7 @@ impl VerificationService for VerificationApi {
     ) -> Result<Response<GetReportResponse>, Status> {
         let caller = caller_of(&request);
         let id = request.into_inner().report_id;
-        if uuid::Uuid::parse_str(&id).is_err() {
-            return Err(Status::invalid_argument(
-                "report_id: must be a report id as returned in Report.report_id (a UUID)",
-            ));
-        }
+        check_id("report_id", &id)?;
         match self.verifier.store().get(&id).await {
             Ok(Some(report)) => {
                 record_read(&self.verifier, &caller, &report).await?;
@@ -179,11 +175,7 @@ impl VerificationService for VerificationApi {
     ) -> Result<Response<Self::WatchReportStream>, Status> {
         let caller = caller_of(&request);
         let id = request.into_inner().report_id;
-        if uuid::Uuid::parse_str(&id).is_err() {
-            return Err(Status::invalid_argument(
-                "report_id: must be a report id as returned in Report.report_id (a UUID)",
-            ));
-        }
+        check_id("report_id", &id)?;
         // Subscribed before the store is read: a completion in between is
         // either in what the store returns or in the subscription.
         let watch = self.verifier.watch(&id);
@@ -223,6 +215,16 @@ impl VerificationService for VerificationApi {
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Checks an id the broker gave out (a report, an enrolment, an alert):
+/// a UUID, or `INVALID_ARGUMENT` naming `field`.
+pub(crate) fn check_id(field: &str, id: &str) -> Result<(), Status> {
+    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field}: must be an id as returned by the broker (a UUID)"
+        ))
+    })
 }
 
 /// Records that `caller` reads `report` (again): a disclosure, recorded

@@ -468,19 +468,13 @@ impl Verifier {
                 // Data minimisation: neither asked nor taken from the
                 // cache for this purpose.
                 let name = purpose_name(request.purpose);
-                let outcome = SourceOutcome {
-                    spec: source.spec.clone(),
-                    result: SourceResult {
-                        source_id: source.spec.id.clone(),
-                        source_name: source.spec.name.clone(),
-                        status: SourceStatus::NotQueried as i32,
-                        detail: format!(
-                            "not asked: not needed for the purpose {name} (purposes.{name}.sources)"
-                        ),
-                        ..Default::default()
-                    },
-                    answers: Vec::new(),
-                };
+                let outcome = unanswered(
+                    source,
+                    SourceStatus::NotQueried,
+                    format!(
+                        "not asked: not needed for the purpose {name} (purposes.{name}.sources)"
+                    ),
+                );
                 send(Event::SourceResult(outcome.result.clone()));
                 outcomes[i] = Some(outcome);
                 continue;
@@ -593,10 +587,10 @@ impl Verifier {
     /// Drops every cached answer about `person_id` (a change event about
     /// them arrived).
     pub fn invalidate_person(&self, person_id: &str) {
-        // The sources share one cache, but a source may have it off: each
-        // guard drops what it can reach (the same cache twice is harmless).
-        for s in &self.sources {
-            s.guard.invalidate_person(person_id);
+        // The sources share one cache (a source with it off holds none):
+        // the first guard that has it drops the person once for all.
+        if let Some(cache) = self.sources.iter().find_map(|s| s.guard.cache()) {
+            cache.invalidate_person(person_id);
         }
     }
 
@@ -763,6 +757,21 @@ impl Watchers {
     }
 }
 
+/// The outcome of a source that gave no answer, with its status and why.
+fn unanswered(source: &SourceHandle, status: SourceStatus, detail: String) -> SourceOutcome {
+    SourceOutcome {
+        spec: source.spec.clone(),
+        result: SourceResult {
+            source_id: source.spec.id.clone(),
+            source_name: source.spec.name.clone(),
+            status: status as i32,
+            detail,
+            ..Default::default()
+        },
+        answers: Vec::new(),
+    }
+}
+
 /// The outcome of a source asked in its own task.
 fn joined_outcome(
     source: &SourceHandle,
@@ -770,37 +779,25 @@ fn joined_outcome(
 ) -> SourceOutcome {
     joined.unwrap_or_else(|e| {
         tracing::error!(source = %source.spec.id, error = %e, "source task failed");
-        SourceOutcome {
-            spec: source.spec.clone(),
-            result: SourceResult {
-                source_id: source.spec.id.clone(),
-                source_name: source.spec.name.clone(),
-                status: SourceStatus::Error as i32,
-                detail: "internal error while asking this source".into(),
-                ..Default::default()
-            },
-            answers: Vec::new(),
-        }
+        unanswered(
+            source,
+            SourceStatus::Error,
+            "internal error while asking this source".into(),
+        )
     })
 }
 
 /// A source still out when the report is returned.
 fn pending_outcome(source: &SourceHandle, until: SystemTime) -> SourceOutcome {
     let until = chrono::DateTime::<chrono::Utc>::from(until);
-    SourceOutcome {
-        spec: source.spec.clone(),
-        result: SourceResult {
-            source_id: source.spec.id.clone(),
-            source_name: source.spec.name.clone(),
-            status: SourceStatus::Pending as i32,
-            detail: format!(
-                "no answer yet; the broker waits for it until {} and then completes this report",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-            ..Default::default()
-        },
-        answers: Vec::new(),
-    }
+    unanswered(
+        source,
+        SourceStatus::Pending,
+        format!(
+            "no answer yet; the broker waits for it until {} and then completes this report",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    )
 }
 
 impl Verifier {

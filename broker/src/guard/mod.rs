@@ -291,11 +291,9 @@ impl SourceGuard {
         &self.adapter
     }
 
-    /// Drops every cached answer about `person_id`, of any source.
-    pub fn invalidate_person(&self, person_id: &str) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate_person(person_id);
-        }
+    /// The cache this source's answers are kept in, if it uses one.
+    pub fn cache(&self) -> Option<&AnswerCache> {
+        self.cache.as_ref()
     }
 
     /// How long after a verification starts the broker waits for this

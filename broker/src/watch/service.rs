@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Watch, WatchError};
-use crate::server::{caller_of, to_status};
+use crate::server::{caller_of, check_id, to_status};
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -42,14 +42,6 @@ fn status(e: WatchError) -> Status {
             Status::unavailable("the watch store is unavailable")
         }
     }
-}
-
-fn check_id(field: &str, id: &str) -> Result<(), Status> {
-    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| {
-        Status::invalid_argument(format!(
-            "{field}: must be an id as returned by the broker (a UUID)"
-        ))
-    })
 }
 
 #[tonic::async_trait]
