@@ -17,6 +17,8 @@
 //! - [`store`]: where reports are kept (SQLite).
 //! - [`audit`]: the audit log: every access, durable before the answer
 //!   leaves, tamper-evident (SQLite or PostgreSQL).
+//! - [`security`]: roles, and the one place a call without its role is
+//!   refused.
 //! - [`server`]: the gRPC API and the single place errors become statuses.
 //! - [`app`]: assembling a broker from configuration; the demo.
 //! - [`watch`]: households under management: enrolment, change events
@@ -31,6 +33,7 @@ pub mod config;
 pub mod guard;
 pub mod render;
 pub mod report;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -72,19 +72,43 @@ pub enum VerifyError {
     AuditUnavailable(#[source] AuditError),
 }
 
-/// Who calls: the identity recorded in the audit log. Today the peer
-/// address or `anonymous`; with mTLS (issue 5) the certificate identity.
+/// Who calls: the identity recorded in the audit log, its roles and, for
+/// a platform, the purposes it may use. With mTLS the identity is the
+/// client certificate's (`crate::security`); in the plaintext development
+/// mode it is the peer address with every role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The client identity.
     pub identity: String,
+    /// What the client may do.
+    pub roles: crate::security::Roles,
+    /// The purposes (proto numbers) a platform may verify for; `None` for
+    /// any.
+    pub purposes: Option<std::collections::BTreeSet<i32>>,
 }
 
 impl Caller {
-    /// A caller with this identity.
+    /// A caller with this identity and every role, for any purpose: the
+    /// plaintext development mode and the broker's own work (re-verifying
+    /// watched households, benchmarks).
     pub fn new(identity: impl Into<String>) -> Self {
         Self {
             identity: identity.into(),
+            roles: crate::security::Roles::all(),
+            purposes: None,
+        }
+    }
+
+    /// A caller with one role, as a client certificate maps to.
+    pub fn with_role(
+        identity: impl Into<String>,
+        role: crate::security::Role,
+        purposes: Option<std::collections::BTreeSet<i32>>,
+    ) -> Self {
+        Self {
+            identity: identity.into(),
+            roles: crate::security::Roles::one(role),
+            purposes,
         }
     }
 }
