@@ -269,6 +269,8 @@ pub(crate) async fn start_broker(
         .arg("serve")
         .arg("--config")
         .arg(&path)
+        // The benchmarks measure the broker's work, not TLS.
+        .arg("--insecure-plaintext-development-only")
         .current_dir(&sub);
     Proc::spawn(
         command,

@@ -149,6 +149,9 @@ pub struct DemoOptions {
     pub households: usize,
     /// Keep serving after the reports are printed.
     pub serve: bool,
+    /// Development certificates (minted when missing) to serve with mTLS;
+    /// `None` serves plaintext.
+    pub certs: Option<PathBuf>,
     /// Completes when the demo should stop serving.
     pub shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -160,6 +163,7 @@ impl std::fmt::Debug for DemoOptions {
             .field("store", &self.store)
             .field("households", &self.households)
             .field("serve", &self.serve)
+            .field("certs", &self.certs)
             .finish_non_exhaustive()
     }
 }
@@ -179,6 +183,27 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         toml::Value::Integer(options.households as i64),
     );
     let built = build(&config).await?;
+    // Certificates are minted once the rest of the demo's settings have
+    // been found good: a wrong argument leaves nothing behind.
+    if let Some(dir) = &options.certs {
+        let file = dir.join("hedui.toml");
+        if !file.exists() {
+            crate::security::certs::dev(dir, false).map_err(anyhow::Error::msg)?;
+            println!("minted development certificates in {}", dir.display());
+        }
+        let minted = Config::load(&file)?;
+        crate::security::tls::server_config(minted.tls.as_ref().context("no [tls] in it")?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        config.tls = minted.tls;
+        config.clients = minted.clients;
+        config.quotas = minted.quotas;
+    }
+    let security = server::Listener::from_config(
+        &config,
+        built.verifier.audit().clone(),
+        options.certs.is_none(),
+    )
+    .map_err(anyhow::Error::msg)?;
 
     // The same population the simulated sources answer from.
     let params: SimulatedParams =
@@ -212,12 +237,20 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         Arc::clone(&built.verifier),
         Arc::clone(&built.watch),
         listener,
+        security,
         async move {
             let _ = stop_rx.await;
         },
     ));
 
-    let mut client = VerificationServiceClient::connect(format!("http://{addr}")).await?;
+    let connect = match &options.certs {
+        Some(dir) => crate::client::Connect {
+            certs: dir.clone(),
+            ..crate::client::Connect::plaintext(format!("https://{addr}"))
+        },
+        None => crate::client::Connect::plaintext(format!("http://{addr}")),
+    };
+    let mut client = VerificationServiceClient::new(connect.channel().await?);
     let cases: [(&str, &GroundTruth); 4] = [
         ("an eligible household", &picks.pass),
         ("a household over the income line", &picks.income_fail),
@@ -259,7 +292,13 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     }
     if let Some((_, applicant, _)) = ids.first() {
         println!(
-            "try:\n  cargo run --release -p hedui -- verify {applicant} --consent SQ-2026-000123 --operator case-worker-07 --server http://{addr}"
+            "try:\n  cargo run --release -p hedui -- verify {applicant} --consent SQ-2026-000123 --operator case-worker-07 --server {}{}",
+            connect.server,
+            options
+                .certs
+                .as_ref()
+                .map(|d| format!(" --certs {}", d.display()))
+                .unwrap_or_default()
         );
     }
     if options.serve {

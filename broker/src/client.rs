@@ -1,7 +1,7 @@
 //! The CLI's client commands: `hedui verify` and `hedui report` call a
 //! running broker over gRPC and print the report as text.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use hedui_proto::v1::{
@@ -69,9 +69,9 @@ pub struct VerifyArgs {
     /// Print each source's answer as it lands, then the report.
     #[arg(long)]
     pub stream: bool,
-    /// The broker's address.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
-    pub server: String,
+    /// How to reach the broker.
+    #[command(flatten)]
+    pub connect: Connect,
 }
 
 impl VerifyArgs {
@@ -91,12 +91,109 @@ impl VerifyArgs {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<VerificationServiceClient<Channel>> {
-    let channel = Channel::from_shared(server.to_owned())
-        .with_context(|| format!("--server {server:?} is not a valid URL"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the broker at {server}"))?;
+/// How the CLI reaches a running broker: its address and, over TLS, the
+/// CA to trust and the client certificate to present (from `--certs DIR`
+/// as `hedui certs dev` writes it, or `--ca`, `--cert`, `--key`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connect {
+    /// The broker's address: `https://` for mTLS, `http://` for a broker
+    /// in the plaintext development mode.
+    #[arg(long, default_value = "https://127.0.0.1:50051", env = "HEDUI_SERVER")]
+    pub server: String,
+    /// A directory written by `hedui certs dev`; the client certificate
+    /// used is the one named by `--as`.
+    #[arg(long, env = "HEDUI_CERTS", default_value = "hedui-dev-certs")]
+    pub certs: PathBuf,
+    /// Which client of `--certs` to be: platform, platform-b, auditor,
+    /// admin (default: the one the command is for).
+    #[arg(long = "as")]
+    pub as_client: Option<String>,
+    /// The CA certificate (PEM) the broker's certificate chains to
+    /// (instead of `--certs`).
+    #[arg(long, env = "HEDUI_CA", requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+    /// The client certificate (PEM).
+    #[arg(long, env = "HEDUI_CERT", requires_all = ["ca", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "HEDUI_KEY", requires_all = ["ca", "cert"])]
+    pub key: Option<PathBuf>,
+}
+
+impl Connect {
+    /// A plaintext connection to `server` (tests, the plaintext mode).
+    pub fn plaintext(server: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            certs: PathBuf::from("hedui-dev-certs"),
+            as_client: None,
+            ca: None,
+            cert: None,
+            key: None,
+        }
+    }
+
+    /// The (CA, certificate, key) files to use.
+    fn files(&self, default_as: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let who = self.as_client.as_deref().unwrap_or(default_as);
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => (ca.clone(), cert.clone(), key.clone()),
+            _ => (
+                self.certs.join("ca.pem"),
+                self.certs.join(format!("{who}.pem")),
+                self.certs.join(format!("{who}-key.pem")),
+            ),
+        }
+    }
+
+    /// A channel to the broker, as the platform client unless `--as`
+    /// says otherwise.
+    ///
+    /// # Errors
+    /// As [`Connect::channel_as`].
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        self.channel_as("platform").await
+    }
+
+    /// A channel to the broker, as the `--certs` client `default_as`
+    /// unless `--as` says otherwise.
+    ///
+    /// # Errors
+    /// When the address is not a URL, a certificate file cannot be read
+    /// (naming the flag and the file), or the broker cannot be reached.
+    pub async fn channel_as(&self, default_as: &str) -> anyhow::Result<Channel> {
+        let server = &self.server;
+        let mut endpoint = Channel::from_shared(server.clone())
+            .with_context(|| format!("--server {server:?} is not a valid URL"))?;
+        if server.starts_with("https://") {
+            let (ca, cert, key) = self.files(default_as);
+            let read = |flag: &str, path: &PathBuf| {
+                std::fs::read(path).with_context(|| {
+                    format!(
+                        "{flag}: cannot read {} (mint development certificates with `hedui certs dev`)",
+                        path.display()
+                    )
+                })
+            };
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read("--ca", &ca)?))
+                .identity(tonic::transport::Identity::from_pem(
+                    read("--cert", &cert)?,
+                    read("--key", &key)?,
+                ));
+            endpoint = endpoint
+                .tls_config(tls)
+                .with_context(|| format!("TLS settings for {server}"))?;
+        }
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the broker at {server}"))
+    }
+}
+
+async fn connect(connect: &Connect) -> anyhow::Result<VerificationServiceClient<Channel>> {
+    let channel = connect.channel().await?;
     Ok(VerificationServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
 }
 
@@ -109,7 +206,7 @@ fn status_error(e: tonic::Status) -> anyhow::Error {
 /// # Errors
 /// When the broker cannot be reached or refuses the request.
 pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server).await?;
+    let mut client = connect(&args.connect).await?;
     if args.stream {
         let mut stream = client
             .stream_verify(StreamVerifyRequest {
@@ -160,7 +257,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When the broker cannot be reached or has no such report.
-pub async fn report(server: &str, report_id: &str, watch: bool) -> anyhow::Result<()> {
+pub async fn report(server: &Connect, report_id: &str, watch: bool) -> anyhow::Result<()> {
     let mut client = connect(server).await?;
     if !watch {
         let report = client
@@ -196,13 +293,9 @@ pub async fn report(server: &str, report_id: &str, watch: bool) -> anyhow::Resul
 ///
 /// # Errors
 /// When the broker cannot be reached or refuses the review.
-pub async fn review(server: &str, concurrency: u32) -> anyhow::Result<()> {
+pub async fn review(server: &Connect, concurrency: u32) -> anyhow::Result<()> {
     use hedui_proto::v1::{ReviewRequest, watch_service_client::WatchServiceClient};
-    let channel = tonic::transport::Channel::from_shared(server.to_owned())
-        .with_context(|| format!("--server {server:?} is not a URL"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the broker at {server}"))?;
+    let channel = server.channel().await?;
     let mut client = WatchServiceClient::new(channel);
     let mut stream = client
         .review(ReviewRequest { concurrency })

@@ -7,6 +7,15 @@
 //! [server]
 //! listen = "127.0.0.1:50051"
 //!
+//! [tls]                       # see crate::security::config for every key
+//! cert = "broker.pem"         # with key, client_ca, crl, min_version
+//!
+//! [clients."spiffe://dachuan.gov.cn/platform/township"]
+//! role = "platform"           # platform, auditor or admin
+//!
+//! [quotas]                    # per client; [clients."<id>"] overrides
+//! rate_per_s = 50
+//!
 //! [store]
 //! path = "hedui.db"           # SQLite file for reports, or ":memory:"
 //!
@@ -56,6 +65,15 @@ pub struct Config {
     /// The gRPC listener.
     #[serde(default)]
     pub server: ServerConfig,
+    /// mTLS on the listener (`crate::security::config`); required unless
+    /// the broker is started with `--insecure-plaintext-development-only`.
+    pub tls: Option<crate::security::config::TlsConfig>,
+    /// Client certificate identities (SAN URI or DNS name) and their roles.
+    #[serde(default)]
+    pub clients: std::collections::BTreeMap<String, crate::security::config::ClientConfig>,
+    /// The quota of every client without its own.
+    #[serde(default)]
+    pub quotas: crate::security::config::QuotaConfig,
     /// Where reports are kept.
     #[serde(default)]
     pub store: StoreConfig,
@@ -266,6 +284,8 @@ impl Config {
         self.changes.validate().map_err(err)?;
         self.allowed_sources(&ids).map_err(err)?;
         self.audit.validate().map_err(err)?;
+        crate::security::config::validate(self.tls.as_ref(), &self.quotas, &self.clients)
+            .map_err(err)?;
         Ok(())
     }
 

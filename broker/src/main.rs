@@ -55,7 +55,15 @@ enum Command {
         /// simulated changes) on this address, for demos and tests.
         #[arg(long)]
         simulation_control: Option<SocketAddr>,
+        /// Serve without TLS: every caller is its peer address with every
+        /// role. For development on one machine only, never real data.
+        #[arg(long = "insecure-plaintext-development-only")]
+        insecure_plaintext: bool,
     },
+    /// Certificates: `hedui certs dev` mints a development CA, a broker
+    /// certificate and a client certificate per role.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Adapters: run the conformance kit against a configured source.
     #[command(subcommand)]
     Adapter(AdapterCommand),
@@ -74,6 +82,13 @@ enum Command {
         /// Stop after printing the reports instead of serving.
         #[arg(long)]
         no_serve: bool,
+        /// Development certificates (minted here by `hedui certs dev` when
+        /// missing); the demo serves with mTLS.
+        #[arg(long, default_value = "hedui-dev-certs")]
+        certs: PathBuf,
+        /// Serve without TLS (every caller has every role).
+        #[arg(long = "insecure-plaintext-development-only")]
+        insecure_plaintext: bool,
     },
     /// Verify a household through a running broker and print the report.
     Verify(client::VerifyArgs),
@@ -85,9 +100,9 @@ enum Command {
         /// completion too.
         #[arg(long)]
         watch: bool,
-        /// The broker's address.
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
-        server: String,
+        /// How to reach the broker.
+        #[command(flatten)]
+        connect: client::Connect,
     },
     /// Re-verify every household this client has enrolled (bulk review),
     /// resuming an unfinished review, with a progress bar.
@@ -96,9 +111,9 @@ enum Command {
         /// pace); 0 means the broker's default.
         #[arg(long, default_value_t = 0)]
         concurrency: u32,
-        /// The broker's address.
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
-        server: String,
+        /// How to reach the broker.
+        #[command(flatten)]
+        connect: client::Connect,
     },
     /// The audit log: query, export, verify, prove, purge.
     #[command(subcommand)]
@@ -109,6 +124,21 @@ enum Command {
     /// Benchmark a bulk review of a Dachuan-scale enrolment against
     /// rate-limited simulated sources (docs/benchmarks.md).
     BenchReview(hedui::watch::bench::BenchReviewArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Mint a development CA, a broker certificate (localhost, 127.0.0.1),
+    /// client certificates for each role, an empty CRL and a configuration
+    /// that uses them. Never for real data: the CA key is written too.
+    Dev {
+        /// Directory to write into.
+        #[arg(long, default_value = "hedui-dev-certs")]
+        out: PathBuf,
+        /// Replace certificates minted before.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
             broker_id,
             federation_listen,
             simulation_control,
+            insecure_plaintext,
         } => {
             let mut config = match &config_path {
                 Some(path) => Config::load(path)?,
@@ -249,7 +280,37 @@ async fn main() -> anyhow::Result<()> {
                 Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
                 None => anyhow::anyhow!("{e}"),
             })?;
+            let where_ = config_path
+                .as_ref()
+                .map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
+            if let Some(tls) = &config.tls {
+                hedui::security::tls::server_config(tls)
+                    .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
+                if insecure_plaintext {
+                    anyhow::bail!(
+                        "{}: {where_} configures [tls]; leave out one of them",
+                        server::PLAINTEXT_FLAG
+                    );
+                }
+            } else if !insecure_plaintext {
+                anyhow::bail!(
+                    "{where_}: no [tls]: the broker serves only over mTLS; `hedui certs dev` mints development certificates and a configuration, or pass {} to serve without TLS on one machine",
+                    server::PLAINTEXT_FLAG
+                );
+            }
             let built = app::build_as(&config, &broker_id).await?;
+            let security = server::Listener::from_config(
+                &config,
+                built.verifier.audit().clone(),
+                insecure_plaintext,
+            )
+            .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
+            if !security.is_tls() {
+                tracing::warn!(
+                    "SERVING WITHOUT TLS ({}): every caller has every role; never use this with real data",
+                    server::PLAINTEXT_FLAG
+                );
+            }
             let listener = TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -303,7 +364,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             // One machine-readable line on stdout says the broker is ready.
-            let mut ready = serde_json::json!({ "listening": addr.to_string() });
+            let mut ready =
+                serde_json::json!({ "listening": addr.to_string(), "tls": security.is_tls() });
             if let Some((f, _)) = &federation {
                 ready["federation"] = f.to_string().into();
             }
@@ -319,6 +381,7 @@ async fn main() -> anyhow::Result<()> {
                 Arc::clone(&built.verifier),
                 Arc::clone(&built.watch),
                 listener,
+                security,
                 stopped(stop_rx),
             )
             .await?;
@@ -334,17 +397,30 @@ async fn main() -> anyhow::Result<()> {
             store,
             households,
             no_serve,
+            certs,
+            insecure_plaintext,
         } => {
             app::demo(app::DemoOptions {
                 listen,
                 store,
                 households,
                 serve: !no_serve,
+                certs: (!insecure_plaintext).then_some(certs),
                 shutdown: Box::pin(shutdown_signal()),
             })
             .await
         }
         Command::Verify(args) => client::verify(&args).await,
+        Command::Certs(CertsCommand::Dev { out, force }) => {
+            let files = hedui::security::certs::dev(&out, force).map_err(anyhow::Error::msg)?;
+            println!(
+                "development certificates in {}; serve with them:\n  hedui serve --config {}\nclients: --certs {} --as platform|platform-b|auditor|admin",
+                files.dir.display(),
+                files.config.display(),
+                files.dir.display()
+            );
+            Ok(())
+        }
         Command::Adapter(AdapterCommand::Check {
             source_id,
             config,
@@ -376,12 +452,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Report {
             report_id,
             watch,
-            server,
-        } => client::report(&server, &report_id, watch).await,
+            connect,
+        } => client::report(&connect, &report_id, watch).await,
         Command::Review {
             concurrency,
-            server,
-        } => client::review(&server, concurrency).await,
+            connect,
+        } => client::review(&connect, concurrency).await,
         Command::BenchAudit(args) => hedui::audit::bench::run(&args).await,
         Command::BenchReview(args) => hedui::watch::bench::run(&args).await,
         Command::Audit(command) => {

@@ -45,6 +45,7 @@ impl VerificationApi {
 pub fn to_status(e: VerifyError) -> Status {
     match e {
         VerifyError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+        VerifyError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
         VerifyError::StoreUnavailable(_) => {
             Status::unavailable("the report store is unavailable; nothing was returned")
         }
@@ -54,16 +55,88 @@ pub fn to_status(e: VerifyError) -> Status {
     }
 }
 
-/// Who calls, as the audit log records it: the peer's IP address, or
-/// `anonymous` when the transport gives none. mTLS (issue 5) replaces this
-/// with the certificate identity.
+/// Who calls: the [`Caller`] the security gate admitted (its certificate
+/// identity and role, or in the plaintext mode its peer address). A
+/// service called without the gate (in-process, in unit tests) sees its
+/// peer address, or `anonymous`, with every role.
 pub fn caller_of<T>(request: &Request<T>) -> Caller {
-    Caller::new(
-        request
-            .remote_addr()
-            .map_or_else(|| "anonymous".to_owned(), |a| a.ip().to_string()),
-    )
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| {
+            Caller::new(
+                request
+                    .remote_addr()
+                    .map_or_else(|| "anonymous".to_owned(), |a| a.ip().to_string()),
+            )
+        })
 }
+
+/// How the listener is secured: mTLS with certificate identities, or the
+/// plaintext development mode; either way every call passes the gate.
+#[derive(Clone)]
+pub struct Listener {
+    gate: Arc<crate::security::Gate>,
+    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("gate", &self.gate)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Listener {
+    /// The listener `config` describes: mTLS when `[tls]` is set; the
+    /// plaintext mode only when `plaintext` is given and `[tls]` is not.
+    ///
+    /// # Errors
+    /// A message naming the key or flag: no `[tls]` without `plaintext`,
+    /// both, or a certificate, key or CRL that cannot be used.
+    pub fn from_config(
+        config: &crate::config::Config,
+        audit: crate::audit::AuditLog,
+        plaintext: bool,
+    ) -> Result<Self, String> {
+        let tls = match (&config.tls, plaintext) {
+            (None, false) => {
+                return Err(format!(
+                    "tls: the broker serves only over mTLS; configure [tls] (`hedui certs dev` mints development certificates), or pass {PLAINTEXT_FLAG} to serve without it on one machine"
+                ));
+            }
+            (Some(_), true) => {
+                return Err(format!(
+                    "{PLAINTEXT_FLAG}: [tls] is configured; leave out one of them"
+                ));
+            }
+            (None, true) => None,
+            (Some(tls), false) => {
+                let server = crate::security::tls::server_config(tls)?;
+                Some((
+                    tokio_rustls::TlsAcceptor::from(server),
+                    Duration::from_millis(tls.handshake_timeout_ms),
+                ))
+            }
+        };
+        let gate = crate::security::Gate::new(audit, tls.is_some(), &config.clients, config.quotas);
+        Ok(Self {
+            gate: Arc::new(gate),
+            tls,
+        })
+    }
+
+    /// Whether clients must present certificates.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// The flag that serves without TLS, named so nobody passes it by chance.
+pub const PLAINTEXT_FLAG: &str = "--insecure-plaintext-development-only";
 
 fn call_timeout<T>(request: &Request<T>) -> Option<Duration> {
     request
@@ -151,19 +224,11 @@ impl VerificationService for VerificationApi {
         let caller = caller_of(&request);
         let id = request.into_inner().report_id;
         check_id("report_id", &id)?;
-        match self.verifier.store().get(&id).await {
-            Ok(Some(report)) => {
-                record_read(&self.verifier, &caller, &report).await?;
-                Ok(Response::new(GetReportResponse {
-                    report: Some(report),
-                }))
-            }
-            Ok(None) => Err(Status::not_found(format!("report_id: no report {id}"))),
-            Err(e) => {
-                error!(error = %e, "report store read failed");
-                Err(Status::unavailable("the report store is unavailable"))
-            }
-        }
+        let report = owned_report(&self.verifier, &caller, &id).await?;
+        record_read(&self.verifier, &caller, &report).await?;
+        Ok(Response::new(GetReportResponse {
+            report: Some(report),
+        }))
     }
 
     type WatchReportStream =
@@ -179,14 +244,7 @@ impl VerificationService for VerificationApi {
         // Subscribed before the store is read: a completion in between is
         // either in what the store returns or in the subscription.
         let watch = self.verifier.watch(&id);
-        let report = match self.verifier.store().get(&id).await {
-            Ok(Some(report)) => report,
-            Ok(None) => return Err(Status::not_found(format!("report_id: no report {id}"))),
-            Err(e) => {
-                error!(error = %e, "report store read failed");
-                return Err(Status::unavailable("the report store is unavailable"));
-            }
-        };
+        let report = owned_report(&self.verifier, &caller, &id).await?;
         record_read(&self.verifier, &caller, &report).await?;
         let (tx, rx) = mpsc::channel(2);
         let pending = report.pending;
@@ -227,6 +285,31 @@ pub(crate) fn check_id(field: &str, id: &str) -> Result<(), Status> {
     })
 }
 
+/// The stored report `id` if `caller` may read it. Another client's
+/// report is `NOT_FOUND`, word for word as a report that does not exist
+/// (its existence is not disclosed), and the attempt is recorded.
+async fn owned_report(verifier: &Verifier, caller: &Caller, id: &str) -> Result<Report, Status> {
+    let not_found = || Status::not_found(format!("report_id: no report {id}"));
+    match verifier.store().get_owned(id).await {
+        Ok(Some((report, owner))) if caller.may_read(&owner) => Ok(report),
+        Ok(Some(_)) => {
+            crate::security::deny(
+                verifier.audit(),
+                caller,
+                "not_owner",
+                &format!("report {id} belongs to another client; answered not found"),
+            )
+            .await;
+            Err(not_found())
+        }
+        Ok(None) => Err(not_found()),
+        Err(e) => {
+            error!(error = %e, "report store read failed");
+            Err(Status::unavailable("the report store is unavailable"))
+        }
+    }
+}
+
 /// Records that `caller` reads `report` (again): a disclosure, recorded
 /// before the report leaves.
 async fn record_read(verifier: &Verifier, caller: &Caller, report: &Report) -> Result<(), Status> {
@@ -264,12 +347,14 @@ pub async fn serve(
     verifier: Arc<Verifier>,
     watch: Arc<crate::watch::Watch>,
     listener: TcpListener,
+    security: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(hedui_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let verifier_audit = verifier.audit().clone();
     let audit = hedui_proto::v1::audit_service_server::AuditServiceServer::new(
         crate::audit::service::AuditApi::new(verifier.audit().clone()),
     )
@@ -283,13 +368,26 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    info!(addr = ?addr, "serving hedui.v1.VerificationService, WatchService and AuditService");
-    tonic::transport::Server::builder()
+    info!(addr = ?addr, tls = security.is_tls(), "serving hedui.v1.VerificationService, WatchService and AuditService");
+    let audit_log = verifier_audit;
+    let router = tonic::transport::Server::builder()
+        .layer(crate::security::GateLayer(security.gate.clone()))
         .add_service(api)
         .add_service(watch)
         .add_service(audit)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(reflection);
+    match security.tls {
+        Some((acceptor, timeout)) => {
+            let incoming = crate::security::tls::incoming(listener, acceptor, audit_log, timeout);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?;
+        }
+    }
     Ok(())
 }

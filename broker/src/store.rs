@@ -68,11 +68,21 @@ impl ReportStore {
         Ok(Self { pool })
     }
 
-    /// Stores a report; it is durable when this returns.
+    /// Stores a report (a later revision of one stored keeps its owner);
+    /// it is durable when this returns.
     ///
     /// # Errors
     /// [`StoreError::Database`] when the write fails; nothing is stored then.
     pub async fn put(&self, report: &Report) -> Result<(), StoreError> {
+        self.put_owned(report, "").await
+    }
+
+    /// Stores a report first returned to `owner`, the only client that may
+    /// read it again ([`ReportStore::get_owned`]).
+    ///
+    /// # Errors
+    /// As [`ReportStore::put`].
+    pub async fn put_owned(&self, report: &Report, owner: &str) -> Result<(), StoreError> {
         let completed_ms = report
             .completed_at
             .as_ref()
@@ -81,8 +91,8 @@ impl ReportStore {
         // A later revision (a report completed after late answers)
         // replaces the stored one; anything else is refused.
         let done = sqlx::query(
-            "INSERT INTO reports (report_id, completed_at, verdict, body, pending, revision) \
-             VALUES (?, ?, ?, ?, ?, ?) \
+            "INSERT INTO reports (report_id, completed_at, verdict, body, pending, revision, owner) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (report_id) DO UPDATE SET completed_at = excluded.completed_at, \
              verdict = excluded.verdict, body = excluded.body, pending = excluded.pending, \
              revision = excluded.revision \
@@ -94,6 +104,7 @@ impl ReportStore {
         .bind(report.encode_to_vec())
         .bind(i64::from(report.pending))
         .bind(i64::from(report.revision))
+        .bind(owner)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -141,6 +152,24 @@ impl ReportStore {
         .transpose()
     }
 
+    /// The report with this id and the client it belongs to, if stored.
+    ///
+    /// # Errors
+    /// As [`ReportStore::get`].
+    pub async fn get_owned(&self, report_id: &str) -> Result<Option<(Report, String)>, StoreError> {
+        let row: Option<(Vec<u8>, String)> =
+            sqlx::query_as("SELECT body, owner FROM reports WHERE report_id = ?")
+                .bind(report_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(body, owner)| {
+            Report::decode(body.as_slice())
+                .map(|r| (r, owner))
+                .map_err(|_| StoreError::Corrupt(report_id.to_owned()))
+        })
+        .transpose()
+    }
+
     /// Closes the pool, waiting for writes in progress.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -178,5 +207,23 @@ mod tests {
         assert_eq!(store.get("abc").await.unwrap(), Some(completed.clone()));
         assert!(store.put(&report).await.is_err(), "no going back");
         assert_eq!(store.get("abc").await.unwrap(), Some(completed));
+    }
+
+    #[tokio::test]
+    async fn a_report_keeps_its_first_owner() {
+        let store = ReportStore::open(Path::new(":memory:")).await.unwrap();
+        let report = Report {
+            report_id: "r".into(),
+            ..Default::default()
+        };
+        store.put_owned(&report, "platform-a").await.unwrap();
+        let later = Report {
+            revision: 1,
+            ..report
+        };
+        store.put(&later).await.unwrap();
+        let (got, owner) = store.get_owned("r").await.unwrap().unwrap();
+        assert_eq!((got, owner.as_str()), (later, "platform-a"));
+        assert_eq!(store.get_owned("x").await.unwrap(), None);
     }
 }

@@ -63,6 +63,13 @@ pub enum VerifyError {
         /// What is wrong with it.
         message: String,
     },
+    /// The caller may not make this request (a purpose its certificate is
+    /// not given); nothing was asked.
+    #[error("{message}")]
+    PermissionDenied {
+        /// What is not allowed, naming the field.
+        message: String,
+    },
     /// The report could not be stored; nothing was returned.
     #[error("report store unavailable")]
     StoreUnavailable(#[source] crate::store::StoreError),
@@ -85,6 +92,12 @@ pub struct Caller {
     /// The purposes (proto numbers) a platform may verify for; `None` for
     /// any.
     pub purposes: Option<std::collections::BTreeSet<i32>>,
+    /// The quota slot this caller's verification holds, released when the
+    /// last clone is dropped.
+    pub slot: Option<crate::security::quota::Slot>,
+    /// The client whose case this is when the broker acts for it
+    /// (re-verifying a household it enrolled); `None`: the caller itself.
+    pub on_behalf_of: Option<String>,
 }
 
 impl Caller {
@@ -96,6 +109,8 @@ impl Caller {
             identity: identity.into(),
             roles: crate::security::Roles::all(),
             purposes: None,
+            slot: None,
+            on_behalf_of: None,
         }
     }
 
@@ -109,7 +124,32 @@ impl Caller {
             identity: identity.into(),
             roles: crate::security::Roles::one(role),
             purposes,
+            slot: None,
+            on_behalf_of: None,
         }
+    }
+}
+
+impl Caller {
+    /// The broker's own work for `client` (re-verifying a household it
+    /// enrolled): every role, and the reports are `client`'s.
+    pub fn acting_for(client: &str) -> Self {
+        Self {
+            on_behalf_of: Some(client.to_owned()),
+            ..Self::new(format!("watch:{client}"))
+        }
+    }
+
+    /// The client whose reports this caller's verifications are.
+    pub fn owner(&self) -> &str {
+        self.on_behalf_of.as_deref().unwrap_or(&self.identity)
+    }
+
+    /// Whether this caller may read a report stored for `owner`: its own,
+    /// or (plaintext mode, every role) one stored before reports had
+    /// owners.
+    pub fn may_read(&self, owner: &str) -> bool {
+        owner == self.owner() || (owner.is_empty() && self.roles == crate::security::Roles::all())
     }
 }
 
@@ -288,7 +328,11 @@ impl Verifier {
         let mut entry = Entry::new(Kind::Denied);
         entry.request_id = uuid::Uuid::new_v4().to_string();
         entry.client = caller.identity.clone();
-        entry.outcome = "invalid_argument".into();
+        entry.outcome = match &error {
+            VerifyError::PermissionDenied { .. } => "permission_denied",
+            _ => "invalid_argument",
+        }
+        .into();
         entry.detail = scrub(&error.to_string(), 200);
         if let Some(r) = request {
             let today = china_today();
@@ -421,6 +465,18 @@ impl Verifier {
             timeout,
             max_age,
         } = valid;
+        if let Some(allowed) = &caller.purposes
+            && !allowed.contains(&request.purpose)
+        {
+            let e = VerifyError::PermissionDenied {
+                message: format!(
+                    "purpose: client {} may not verify for {}",
+                    caller.identity,
+                    purpose_name(request.purpose)
+                ),
+            };
+            return Err(self.deny(caller, Some(&request), e).await);
+        }
         let requested_at = SystemTime::now();
         let started = Instant::now();
         // 0. Fail closed: no source is asked unless the access can be
@@ -586,7 +642,7 @@ impl Verifier {
             // before the report is stored, none misses the completion.
             self.watchers.register(&report_id, report.clone());
         }
-        if let Err(e) = self.store.put(&report).await {
+        if let Err(e) = self.store.put_owned(&report, caller.owner()).await {
             warn!(error = %e, "report not stored, verification fails");
             self.watchers.remove(&report_id);
             return Err(VerifyError::StoreUnavailable(e));
@@ -1189,6 +1245,7 @@ mod tests {
             VerifyError::InvalidArgument { field, .. } => field,
             VerifyError::StoreUnavailable(_) => "store",
             VerifyError::AuditUnavailable(_) => "audit",
+            VerifyError::PermissionDenied { .. } => "permission",
         }
     }
 

@@ -143,6 +143,13 @@ async fn spawn_hedui(
 ) -> anyhow::Result<(Child, String, serde_json::Value)> {
     let mut command = Command::new(workspace_bin("hedui"));
     command.arg("serve").arg("--config").arg(config_path);
+    // A configuration without [tls] runs in the plaintext development
+    // mode, which the broker refuses unless told so by name.
+    let text = std::fs::read_to_string(config_path).unwrap_or_default();
+    let tls = text.lines().any(|l| l.trim() == "[tls]");
+    if !tls {
+        command.arg("--insecure-plaintext-development-only");
+    }
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -156,7 +163,8 @@ async fn spawn_hedui(
     let Some(addr) = ready["listening"].as_str() else {
         bail!("ready line {line:?} has no listening address");
     };
-    let url = format!("http://{addr}");
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
     Ok((child, url, ready))
 }
 
@@ -570,4 +578,18 @@ pub async fn total_lookups(control: &str) -> anyhow::Result<u64> {
     let mut c = AgencyControlServiceClient::connect(control.to_owned()).await?;
     let stats = c.get_stats(GetStatsRequest::default()).await?.into_inner();
     Ok(stats.sources.iter().map(|s| s.lookups).sum())
+}
+
+/// Resets the lookup counters of the simulated agencies behind the control
+/// service at `control`.
+///
+/// # Errors
+/// When the control service cannot be reached.
+pub async fn reset_stats(control: &str) -> anyhow::Result<()> {
+    use hedui_mock_agencies::control::proto::{
+        ResetStatsRequest, agency_control_service_client::AgencyControlServiceClient,
+    };
+    let mut c = AgencyControlServiceClient::connect(control.to_owned()).await?;
+    c.reset_stats(ResetStatsRequest::default()).await?;
+    Ok(())
 }

@@ -1423,7 +1423,38 @@ fn config_rows() -> Vec<ConfigRow> {
             "[[sources]]\nid = \"{id}\"\n[sources.transport]\ntype = \"grpc\"\nendpoint = \"http://127.0.0.1:9\"\n{params}\n\n"
         )
     };
+    let tls = |extra: &str| {
+        with(&format!(
+            "[tls]\ncert = \"broker.pem\"\nkey = \"broker-key.pem\"\nclient_ca = [\"ca.pem\"]\n{extra}\n[clients.\"spiffe://t/p\"]\nrole = \"platform\""
+        ))
+    };
     vec![
+        row("tls.cert missing file", tls(""), "tls.cert"),
+        row(
+            "tls.min_version 1.1",
+            tls("min_version = \"1.1\""),
+            "tls.min_version",
+        ),
+        row(
+            "tls without client_ca",
+            with("[tls]\ncert = \"b.pem\"\nkey = \"k.pem\"\n[clients.\"x\"]\nrole = \"admin\""),
+            "tls.client_ca",
+        ),
+        row(
+            "clients role unknown",
+            with("[clients.\"spiffe://t/p\"]\nrole = \"superuser\""),
+            "superuser",
+        ),
+        row(
+            "clients purposes unknown",
+            with("[clients.\"spiffe://t/p\"]\nrole = \"platform\"\npurposes = [\"holiday\"]"),
+            "purposes[0]",
+        ),
+        row(
+            "quotas negative rate",
+            with("[quotas]\nrate_per_s = -5.0"),
+            "quotas.rate_per_s",
+        ),
         row("not TOML", "this is = = not toml [".into(), "hedui.toml"),
         row(
             "an unknown table",
@@ -1717,7 +1748,12 @@ async fn bad_configuration_exits_non_zero_naming_the_key_and_creates_no_database
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hedui.toml"), with("")).unwrap();
         let mut child = tokio::process::Command::new(workspace_bin("hedui"))
-            .args(["serve", "--config", "hedui.toml"])
+            .args([
+                "serve",
+                "--config",
+                "hedui.toml",
+                "--insecure-plaintext-development-only",
+            ])
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1741,7 +1777,13 @@ async fn bad_configuration_exits_non_zero_naming_the_key_and_creates_no_database
     for row in &rows {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hedui.toml"), &row.text).unwrap();
-        let args = ["serve", "--config", "hedui.toml"].map(String::from);
+        let args = [
+            "serve",
+            "--config",
+            "hedui.toml",
+            "--insecure-plaintext-development-only",
+        ]
+        .map(String::from);
         let (code, out) = run_hedui(dir.path(), &args).await;
         let name = row.name;
         assert!(

@@ -118,9 +118,9 @@ pub struct FilterArgs {
     /// Before this time (RFC 3339, or a date, UTC).
     #[arg(long)]
     pub to: Option<String>,
-    /// The broker's address.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "HEDUI_SERVER")]
-    pub server: String,
+    /// How to reach the broker (as an auditor: `--as auditor`).
+    #[command(flatten)]
+    pub connect: crate::client::Connect,
 }
 
 /// Record kinds as the CLI writes them.
@@ -234,9 +234,7 @@ fn status_error(what: &str, s: &tonic::Status) -> anyhow::Error {
 pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Query { filter, limit } => {
-            let mut client = AuditServiceClient::connect(filter.server.clone())
-                .await
-                .with_context(|| format!("cannot reach {}", filter.server))?;
+            let mut client = AuditServiceClient::new(filter.connect.channel_as("auditor").await?);
             let mut token = String::new();
             let mut printed = 0;
             println!("seq\ttime\tkind\tclient\toperator\tpurpose\toutcome\tsources\trequest_id");
@@ -288,9 +286,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             format,
             out,
         } => {
-            let mut client = AuditServiceClient::connect(filter.server.clone())
-                .await
-                .with_context(|| format!("cannot reach {}", filter.server))?;
+            let mut client = AuditServiceClient::new(filter.connect.channel_as("auditor").await?);
             let mut stream = client
                 .export_records(ExportRecordsRequest {
                     auditor_id: filter.auditor.clone(),

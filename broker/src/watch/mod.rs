@@ -445,7 +445,7 @@ impl Watch {
             }
         }
         let valid = self.verifier.validate(Some(e.request.clone()), None)?;
-        let caller = Caller::new(format!("watch:{}", e.client));
+        let caller = Caller::acting_for(&e.client);
         let report = self.verifier.run(valid, &caller, None).await?;
         let answers = report
             .sources
