@@ -217,6 +217,9 @@ pub struct SourceConfig {
     pub transport: TransportConfig,
 }
 
+/// The prefix of environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "HEDUI__";
+
 /// A configuration error, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -248,6 +251,101 @@ impl Config {
             message: format!("cannot read: {e}"),
         })?;
         Self::parse(&text, &file)
+    }
+
+    /// Reads the configuration as the broker runs with it: embedded
+    /// defaults, then `path` (when given), then every `HEDUI__` environment
+    /// variable ([`Config::layered`]).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the variable, the key and what
+    /// is allowed.
+    pub fn load_layered(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let k = k.into_string().ok()?;
+                k.starts_with(ENV_PREFIX)
+                    .then(|| (k, v.to_string_lossy().into_owned()))
+            })
+            .collect();
+        Self::layered(path, &env)
+    }
+
+    /// Defaults, then the file at `path`, then `env`: each
+    /// `HEDUI__SECTION__KEY=value` sets `key` of `[section]` (segments
+    /// lower-cased; `HEDUI__LIMITS__DEFAULT__RATE_PER_S=50` sets
+    /// `limits.default.rate_per_s`). A value that parses as a TOML value
+    /// (a number, `true`, `["a", "b"]`, `"quoted"`) is taken as one;
+    /// anything else is a string. Unknown keys are refused like unknown
+    /// keys in the file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the variable, the key and what
+    /// is allowed.
+    pub fn layered(path: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let (file, text) = match path {
+            Some(p) => {
+                let file = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: file.clone(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                (file, text)
+            }
+            None => ("(defaults)".to_owned(), String::new()),
+        };
+        if env.is_empty() {
+            return Self::parse(&text, &file);
+        }
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+            file: file.clone(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let mut names = Vec::new();
+        for (name, value) in env {
+            let err = |message: String| ConfigError {
+                file: format!("environment {name}"),
+                message,
+            };
+            let keys: Vec<String> = name
+                .strip_prefix(ENV_PREFIX)
+                .unwrap_or(name)
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            if keys.iter().any(String::is_empty) {
+                return Err(err(format!(
+                    "an empty key; write {ENV_PREFIX}SECTION__KEY, e.g. {ENV_PREFIX}AUDIT__BACKEND"
+                )));
+            }
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            let (last, parents) = keys.split_last().expect("at least one key");
+            let mut at = &mut table;
+            for (i, k) in parents.iter().enumerate() {
+                let entry = at
+                    .entry(k.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                at = entry
+                    .as_table_mut()
+                    .ok_or_else(|| err(format!("{} is not a table", keys[..=i].join("."))))?;
+            }
+            at.insert(last.clone(), parsed);
+            names.push(name.as_str());
+        }
+        let label = format!("{file} with {}", names.join(", "));
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError {
+                    file: label.clone(),
+                    message: e.to_string().trim().replace('\n', " "),
+                })?;
+        config.validate(&label)?;
+        Ok(config)
     }
 
     /// Parses and checks configuration text; `file` names it in errors.
@@ -485,5 +583,92 @@ mod tests {
         let text = "[[sources]]\nid = 'nobody'\ntransport = { type = 'grpc', endpoint = 'x' }\n";
         let e = Config::parse(text, "d.toml").unwrap_err();
         assert!(e.to_string().contains("sources[0] (id \"nobody\")"), "{e}");
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_and_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        std::fs::write(&path, "[verification]\ndefault_deadline_ms = 5000\n").unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let c = Config::layered(
+            Some(&path),
+            &env(&[
+                ("HEDUI__VERIFICATION__MAX_DEADLINE_MS", "60000"),
+                ("HEDUI__SERVER__LISTEN", "0.0.0.0:50051"),
+                ("HEDUI__LIMITS__DEFAULT__RATE_PER_S", "12"),
+                ("HEDUI__TLS__MIN_VERSION", "\"1.2\""),
+                ("HEDUI__TLS__CERT", "/run/b.pem"),
+                ("HEDUI__TLS__KEY", "/run/k.pem"),
+                ("HEDUI__TLS__CLIENT_CA", "[\"/run/ca.pem\"]"),
+                ("HEDUI__CLIENTS__PLATFORM__ROLE", "platform"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.verification.default_deadline_ms, 5000, "the file's");
+        assert_eq!(c.verification.max_deadline_ms, 60000);
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:50051");
+        assert_eq!(c.tls.unwrap().min_version, "1.2");
+        // An unknown key is refused, naming the variable.
+        let e = Config::layered(Some(&path), &env(&[("HEDUI__SERVER__PORT", "1")])).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("HEDUI__SERVER__PORT") && msg.contains("port"),
+            "{msg}"
+        );
+        // A value of the wrong type too.
+        let e = Config::layered(
+            None,
+            &env(&[("HEDUI__VERIFICATION__MAX_DEADLINE_MS", "soon")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("HEDUI__VERIFICATION__MAX_DEADLINE_MS"),
+            "{e}"
+        );
+        let e = Config::layered(None, &env(&[("HEDUI__", "x")])).unwrap_err();
+        assert!(e.to_string().contains("empty key"), "{e}");
+        // Validation runs on the layered result.
+        let e = Config::layered(
+            Some(&path),
+            &env(&[("HEDUI__VERIFICATION__MAX_DEADLINE_MS", "10")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_deadline_ms"), "{e}");
+    }
+
+    /// Every `*.toml` under `dir`, recursively.
+    fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                toml_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn every_configuration_shipped_under_deploy_and_docs_loads() {
+        let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        toml_files(&top.join("deploy"), &mut files);
+        toml_files(&top.join("docs"), &mut files);
+        for file in &files {
+            if let Err(e) = Config::load(file) {
+                panic!("{e}");
+            }
+        }
+        eprintln!("{} configuration files load", files.len());
     }
 }

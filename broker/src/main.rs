@@ -60,6 +60,11 @@ enum Command {
         #[arg(long = "insecure-plaintext-development-only")]
         insecure_plaintext: bool,
     },
+    /// Configuration: `hedui config check FILE` validates a configuration
+    /// (with its `HEDUI__` environment overrides) without starting
+    /// anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Certificates: `hedui certs dev` mints a development CA, a broker
     /// certificate and a client certificate per role.
     #[command(subcommand)]
@@ -124,6 +129,23 @@ enum Command {
     /// Benchmark a bulk review of a Dachuan-scale enrolment against
     /// rate-limited simulated sources (docs/benchmarks.md).
     BenchReview(hedui::watch::bench::BenchReviewArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file as `hedui serve` would read it (with
+    /// `HEDUI__` environment variables over it): every key, the
+    /// certificates and keys it names, its sources' transport parameters
+    /// and its policy files. Creates nothing and connects to nothing;
+    /// prints no secret. Exits 1 naming the file, key and what is allowed.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+        /// Also require `[tls]` (as `hedui serve` does without
+        /// `--insecure-plaintext-development-only`).
+        #[arg(long)]
+        require_tls: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,6 +219,47 @@ fn preflight(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// `hedui config check`: everything `serve` checks before it opens a
+/// database or a socket, and the sources' adapters built (which does no
+/// I/O).
+fn check_config(file: &std::path::Path, require_tls: bool) -> anyhow::Result<()> {
+    let config = Config::load_layered(Some(file))?;
+    let at = file.display();
+    preflight(&config).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+    match &config.tls {
+        Some(tls) => {
+            hedui::security::tls::server_config(tls).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        }
+        None if require_tls => anyhow::bail!("{at}: tls: required (--require-tls) and absent"),
+        None => {}
+    }
+    let sources = config
+        .resolve_sources(&hedui_adapters::catalog::Catalog::dachuan())
+        .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+    let (registry, _) = app::registry_for(hedui_adapters::peer::DEFAULT_BROKER_ID);
+    for s in &sources {
+        registry
+            .build(&s.spec, &s.transport)
+            .map_err(|e| anyhow::anyhow!("{at}: source {:?}: {e}", s.spec.id))?;
+    }
+    if let Some(dir) = &config.policy.dir {
+        hedui::report::PolicySet::load_dir(dir)
+            .map_err(|e| anyhow::anyhow!("{at}: policy.dir: {e}"))?;
+    }
+    println!(
+        "{at}: ok ({} sources, {}, {} clients, audit on {})",
+        sources.len(),
+        if config.tls.is_some() {
+            "mTLS"
+        } else {
+            "no [tls]: plaintext only with --insecure-plaintext-development-only"
+        },
+        config.clients.len(),
+        config.audit_config().location()
+    );
+    Ok(())
+}
+
 /// The offline audit commands (`verify`, `prove`, `purge`) work on an
 /// existing SQLite log: a mistyped `--audit-db` (or `audit.path`) would
 /// otherwise create an empty log, and `verify` would say it is fine.
@@ -214,10 +277,7 @@ fn existing_audit_log(command: &AuditCommand) -> anyhow::Result<()> {
     let (flag, file) = match audit_db {
         Some(file) => ("--audit-db", file.clone()),
         None => {
-            let config = match config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
+            let config = Config::load_layered(config.as_deref())?;
             let audit = config.audit_config();
             if audit.backend != hedui::audit::config::BackendKind::Sqlite {
                 return Ok(());
@@ -267,10 +327,7 @@ async fn main() -> anyhow::Result<()> {
             simulation_control,
             insecure_plaintext,
         } => {
-            let mut config = match &config_path {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
+            let mut config = Config::load_layered(config_path.as_deref())?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
@@ -411,6 +468,9 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Verify(args) => client::verify(&args).await,
+        Command::Config(ConfigCommand::Check { file, require_tls }) => {
+            check_config(&file, require_tls)
+        }
         Command::Certs(CertsCommand::Dev { out, force }) => {
             let files = hedui::security::certs::dev(&out, force).map_err(anyhow::Error::msg)?;
             println!(
@@ -430,10 +490,7 @@ async fn main() -> anyhow::Result<()> {
             control,
             known,
         }) => {
-            let config = match &config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
+            let config = Config::load_layered(config.as_deref())?;
             let check = app::AdapterCheck {
                 source_id,
                 seed,

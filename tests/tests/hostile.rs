@@ -1087,6 +1087,14 @@ fn cli_rows() -> Vec<CliRow> {
         cli(&["frobnicate"], usage, "frobnicate"),
         cli(&["serve", "--config", "missing.toml"], None, "missing.toml"),
         cli(&["serve", "--config", "."], None, "cannot read"),
+        cli(&["serve"], None, "--insecure-plaintext-development-only"),
+        cli(&["config", "check", "missing.toml"], None, "missing.toml"),
+        cli(&["config", "check"], usage, "FILE"),
+        cli(
+            &["certs", "dev", "--out", "/proc/no-such-dir"],
+            None,
+            "/proc/no-such-dir",
+        ),
         cli(&["serve", "--listen", "not-an-address"], usage, "--listen"),
         cli(&["serve", "--listen", "127.0.0.1:99999"], usage, "--listen"),
         cli(

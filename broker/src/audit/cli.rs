@@ -212,10 +212,7 @@ fn audit_config_of(
     path: Option<&PathBuf>,
     audit_db: Option<PathBuf>,
 ) -> anyhow::Result<super::AuditConfig> {
-    let config = match path {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let config = Config::load_layered(path.map(PathBuf::as_path))?;
     let mut audit = config.audit_config();
     if audit_db.is_some() {
         audit.path = audit_db;
