@@ -108,12 +108,13 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
     audit
         .record(crate::audit::configuration_entry(config))
         .await?;
-    let ids: Vec<String> = handles.iter().map(|h| h.spec.id.clone()).collect();
-    let allowed = config
-        .allowed_sources(&ids)
+    let specs: Vec<_> = handles.iter().map(|h| h.spec.clone()).collect();
+    let disclosures = config
+        .disclosures(&specs)
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let verifier =
-        Arc::new(Verifier::new(handles, policies, store, audit, deadlines).with_purposes(allowed));
+    let verifier = Arc::new(
+        Verifier::new(handles, policies, store, audit, deadlines).with_purposes(disclosures),
+    );
     verifier
         .close_abandoned()
         .await
@@ -331,8 +332,12 @@ pub async fn serve_federation(
     let server = hedui_adapters::peer::PeerServer::new(
         &broker_id,
         verifier.sources().iter().map(|s| {
-            let guarded: Arc<dyn hedui_adapters::Adapter> = s.guard.clone();
-            (s.spec.clone(), guarded)
+            let bound: Arc<dyn hedui_adapters::Adapter> = Arc::new(PurposeBound {
+                spec: s.spec.clone(),
+                inner: s.guard.clone(),
+                verifier: verifier.clone(),
+            });
+            (s.spec.clone(), bound)
         }),
     )
     .with_log(log);
@@ -345,6 +350,76 @@ pub async fn serve_federation(
         )
         .await?;
     Ok(())
+}
+
+/// A source as a peer broker may ask it: under the `[purposes]` policy of
+/// the lookup's purpose, as this broker's own verifications are. A source
+/// the purpose may not ask refuses the lookup (naming the key); any other
+/// is asked only for the kinds the purpose may see, and facts of other
+/// kinds are dropped from its answer. Kinds the purpose sees as totals go
+/// to the peer whole: the asking broker folds them (it needs the accounts
+/// to take an account reported twice once) under its own policy.
+#[derive(Debug)]
+struct PurposeBound {
+    spec: hedui_adapters::catalog::SourceSpec,
+    inner: Arc<dyn hedui_adapters::Adapter>,
+    verifier: Arc<Verifier>,
+}
+
+#[async_trait::async_trait]
+impl hedui_adapters::Adapter for PurposeBound {
+    fn source_id(&self) -> &str {
+        self.inner.source_id()
+    }
+
+    async fn lookup(
+        &self,
+        ctx: &hedui_adapters::LookupContext,
+        mut request: hedui_proto::v1::LookupRequest,
+    ) -> Result<hedui_proto::v1::LookupResponse, hedui_adapters::AdapterError> {
+        use hedui_adapters::AdapterError;
+        let Some(d) = self.verifier.disclosure(request.purpose) else {
+            return self.inner.lookup(ctx, request).await;
+        };
+        if let Some(why) = d.not_asked(&self.spec) {
+            return Err(AdapterError::Rejected(why));
+        }
+        let allowed: Vec<i32> = d
+            .narrowed(&self.spec)
+            .fact_kinds
+            .iter()
+            .map(|k| *k as i32)
+            .collect();
+        request.fact_kinds = if request.fact_kinds.is_empty() {
+            allowed.clone()
+        } else {
+            request
+                .fact_kinds
+                .iter()
+                .copied()
+                .filter(|k| allowed.contains(k))
+                .collect()
+        };
+        if request.fact_kinds.is_empty() {
+            let name = &d.purpose;
+            return Err(AdapterError::Rejected(format!(
+                "the purpose {name} may see none of the fact kinds asked for (purposes.{name}.fact_kinds)"
+            )));
+        }
+        let mut response = self.inner.lookup(ctx, request).await?;
+        for a in &mut response.answers {
+            a.facts.retain(|f| {
+                f.value
+                    .as_ref()
+                    .is_some_and(|v| allowed.contains(&(v.kind() as i32)))
+            });
+        }
+        Ok(response)
+    }
+
+    async fn check(&self) -> Result<hedui_proto::v1::CheckResponse, hedui_adapters::AdapterError> {
+        self.inner.check().await
+    }
 }
 
 /// The audit log of the lookups served to peer brokers: one
@@ -629,6 +704,515 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("purposes.dibao_review.sources"), "{e}");
+    }
+
+    /// The shipped purpose policy loads, and says what its comments say:
+    /// education assistance never sees bank deposits nor asks a bank,
+    /// temporary assistance sees bank holdings as totals only, medical
+    /// assistance asks four departments.
+    #[test]
+    fn the_shipped_purpose_policy_loads() {
+        use hedui_proto::v1::FactKind;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/purposes.toml"
+        );
+        let config = Config::load(std::path::Path::new(path)).unwrap();
+        let catalog = Catalog::dachuan();
+        let specs: Vec<_> = catalog.iter().cloned().collect();
+        let d = config.disclosures(&specs).unwrap();
+        let education = &d[&(Purpose::EducationAssistance as i32)];
+        assert!(!education.allows_kind(FactKind::FinancialAccount));
+        assert!(!education.allows_kind(FactKind::AccountOutflow));
+        for bank in ["rural-commercial-bank", "finance-office"] {
+            let why = education.not_asked(catalog.get(bank).unwrap()).unwrap();
+            assert!(
+                why.contains("purposes.education_assistance.fact_kinds"),
+                "{why}"
+            );
+        }
+        assert!(
+            education
+                .not_asked(catalog.get("education").unwrap())
+                .is_none()
+        );
+        let temporary = &d[&(Purpose::TemporaryAssistance as i32)];
+        assert_eq!(
+            temporary.aggregate,
+            vec![FactKind::FinancialAccount, FactKind::AccountOutflow]
+        );
+        assert!(temporary.sources.is_none() && temporary.fact_kinds.is_none());
+        let medical = &d[&(Purpose::MedicalAssistance as i32)];
+        assert_eq!(medical.sources.as_ref().map(Vec::len), Some(4));
+        // The Dibao purposes see everything.
+        assert!(!d.contains_key(&(Purpose::DibaoApplication as i32)));
+    }
+
+    /// Bad `[purposes]` tables are refused at load, naming the key and
+    /// what is allowed.
+    #[test]
+    fn bad_purpose_tables_name_the_key() {
+        let refused = |text: &str| Config::parse(text, "p.toml").unwrap_err().to_string();
+        let e = refused(
+            "[purposes.education_assistance]\nfact_kinds = ['household_registration', 'bank_deposit']\n",
+        );
+        assert!(
+            e.starts_with("p.toml: purposes.education_assistance.fact_kinds[1]: \"bank_deposit\" is not a fact kind; allowed: household_registration, vehicle,"),
+            "{e}"
+        );
+        let e = refused("[purposes.education_assistance]\nfact_kinds = ['school_enrolment']\n");
+        assert!(
+            e.contains(
+                "purposes.education_assistance.fact_kinds: must include \"household_registration\""
+            ),
+            "{e}"
+        );
+        let e = refused("[purposes.holiday]\nfact_kinds = ['household_registration']\n");
+        assert!(
+            e.contains(
+                "purposes.holiday: not a purpose; allowed: dibao_application, dibao_review,"
+            ),
+            "{e}"
+        );
+        let e = refused("[purposes.temporary_assistance]\naggregate = ['vehicle']\n");
+        assert!(
+            e.contains("purposes.temporary_assistance.aggregate[0]: \"vehicle\" cannot be seen as totals; allowed: financial_account, account_outflow"),
+            "{e}"
+        );
+        let e = refused(
+            "[purposes.temporary_assistance]\nfact_kinds = ['household_registration']\naggregate = ['financial_account']\n",
+        );
+        assert!(
+            e.contains("purposes.temporary_assistance.aggregate[0]: \"financial_account\" is not in purposes.temporary_assistance.fact_kinds"),
+            "{e}"
+        );
+        let e = refused(
+            "[purposes.low_income]\nfact_kinds = ['household_registration', 'vehicle', 'vehicle']\n",
+        );
+        assert!(
+            e.contains("purposes.low_income.fact_kinds[2]: \"vehicle\" appears twice"),
+            "{e}"
+        );
+        let e = refused(
+            "[purposes.low_income]\nsources = ['public-security', 'traffic-police']\nfact_kinds = ['household_registration']\n",
+        );
+        assert!(
+            e.contains("purposes.low_income.sources[1]: \"traffic-police\" serves none of purposes.low_income.fact_kinds"),
+            "{e}"
+        );
+        let e = refused("[purposes.low_income]\ncolour = 'red'\n");
+        assert!(e.contains("colour"), "{e}");
+        // Absent keys restrict nothing; the catalog's upper-case spelling
+        // is taken too.
+        Config::parse("[purposes.low_income]\n", "p.toml").unwrap();
+        Config::parse(
+            "[purposes.low_income]\nfact_kinds = ['HOUSEHOLD_REGISTRATION', 'Vehicle']\n",
+            "p.toml",
+        )
+        .unwrap();
+    }
+
+    /// splitmix64: the property test's own seeded generator.
+    fn mix(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A random `[purposes.<name>]` table for every purpose: some kinds
+    /// (household registration always), sometimes no kind restriction,
+    /// sometimes a source list (only sources serving an allowed kind),
+    /// some aggregated kinds.
+    fn random_purposes(seed: u64) -> String {
+        use crate::report::disclosure::{AGGREGATABLE, all_kinds, kind_name};
+        use hedui_proto::v1::FactKind;
+        let mut st = seed;
+        let catalog = Catalog::dachuan();
+        let mut out = String::new();
+        for p in 1..=7 {
+            let name = crate::verify::purpose_name(p);
+            let restrict_kinds = !mix(&mut st).is_multiple_of(4);
+            let kinds: Vec<FactKind> = all_kinds()
+                .into_iter()
+                .filter(|k| *k == FactKind::HouseholdRegistration || (mix(&mut st) % 5 < 2))
+                .collect();
+            let allowed = |k: &FactKind| !restrict_kinds || kinds.contains(k);
+            out.push_str(&format!("[purposes.{name}]\n"));
+            if restrict_kinds {
+                let names: Vec<String> = kinds
+                    .iter()
+                    .map(|k| format!("{:?}", kind_name(*k)))
+                    .collect();
+                out.push_str(&format!("fact_kinds = [{}]\n", names.join(", ")));
+            }
+            if mix(&mut st).is_multiple_of(2) {
+                let sources: Vec<String> = catalog
+                    .iter()
+                    .filter(|s| {
+                        s.id == hedui_adapters::catalog::HOUSEHOLD_SOURCE
+                            || (s.fact_kinds.iter().any(allowed) && !mix(&mut st).is_multiple_of(3))
+                    })
+                    .map(|s| format!("{:?}", s.id))
+                    .collect();
+                out.push_str(&format!("sources = [{}]\n", sources.join(", ")));
+            }
+            let aggregate: Vec<String> = AGGREGATABLE
+                .iter()
+                .filter(|k| allowed(k) && mix(&mut st).is_multiple_of(2))
+                .map(|k| format!("{:?}", kind_name(*k)))
+                .collect();
+            if !aggregate.is_empty() {
+                out.push_str(&format!("aggregate = [{}]\n", aggregate.join(", ")));
+            }
+        }
+        out
+    }
+
+    /// The purpose filter, as a property: for every purpose, over
+    /// generated households of several seeded populations, with the
+    /// shipped policy and with random restrictions, no report, stream
+    /// event or audit record carries a fact of a kind the purpose may not
+    /// see (nor an account of a kind it sees as totals), a source the
+    /// purpose may not ask gets no adapter call, and no indicator that
+    /// needs a withheld kind is decided.
+    #[tokio::test]
+    async fn purpose_filter_holds_for_every_purpose_over_generated_households() {
+        use crate::report::disclosure::{Disclosure, parse_kind};
+        use crate::report::policy::IncomeKind;
+        use hedui_mock_agencies::population::PopulationConfig;
+        use hedui_proto::v1::{FactKind, Outcome, SourceStatus, stream_verify_response::Event};
+
+        const HOUSEHOLDS: usize = 12;
+        const APPLICANTS: usize = 3;
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/purposes.toml"
+        ))
+        .unwrap();
+        let catalog = Catalog::dachuan();
+        let specs: Vec<_> = catalog.iter().cloned().collect();
+        let today = crate::time::china_date();
+        let policies = crate::report::PolicySet::embedded();
+        let policy = policies.select("511703", today);
+        let income_kinds: Vec<FactKind> = IncomeKind::ALL
+            .into_iter()
+            .filter(|k| policy.counts(*k))
+            .flat_map(|k| k.fact_kinds().iter().copied())
+            .collect();
+        let needs = |id: &str| -> Vec<FactKind> {
+            use FactKind as K;
+            match id {
+                "R1" => income_kinds.clone(),
+                "R2" => vec![K::FinancialAccount],
+                "R3" => vec![K::Vehicle, K::OperatingLicence],
+                "R4" => vec![K::Dwelling],
+                "R5" => vec![K::MarketEntity, K::IndividualBusiness],
+                "R6" => vec![K::PublicPayroll],
+                "R7" => vec![K::RelatedParty],
+                "R9" => vec![K::AccountOutflow],
+                _ => Vec::new(),
+            }
+        };
+        // How often each check bit, so that the property is not vacuous.
+        let (mut cases, mut unasked, mut totals, mut undecided) = (0, 0, 0, 0);
+        for seed in [2018u64, 7, 424_242] {
+            let population = Population::generate(&PopulationConfig {
+                seed,
+                households: HOUSEHOLDS,
+                today,
+            });
+            let truths = population.truth(&TruthPolicy::default());
+            let ts = crate::time::timestamp(std::time::SystemTime::now());
+            for purposes in [shipped.clone(), random_purposes(seed)] {
+                let text = format!(
+                    "[store]\npath = ':memory:'\n[changes]\ntransport = 'none'\n\
+                     [simulation]\nseed = {seed}\nhouseholds = {HOUSEHOLDS}\n\
+                     latency_p50_ms = 0\nlatency_p99_ms = 0\n{purposes}"
+                );
+                let config =
+                    Config::parse(&text, "prop.toml").unwrap_or_else(|e| panic!("{e}\n{purposes}"));
+                let disclosures = config.disclosures(&specs).unwrap();
+                let built = build(&config).await.unwrap();
+                let caller = crate::verify::Caller::new("prop");
+                for p in 1..=7 {
+                    let name = crate::verify::purpose_name(p);
+                    let d = disclosures
+                        .get(&p)
+                        .cloned()
+                        .unwrap_or_else(|| Disclosure::unrestricted(&name));
+                    let withheld: Vec<FactKind> =
+                        specs.iter().flat_map(|s| d.withheld(s)).collect();
+                    let ctx = format!("seed {seed}, purpose {name}, {d:?}");
+                    for truth in truths.iter().take(APPLICANTS) {
+                        cases += 1;
+                        built.simulated.reset_stats();
+                        let request = VerificationRequest {
+                            applicant_id: truth.applicant_id.clone(),
+                            consent_reference: "SQ-PROP".into(),
+                            purpose: p,
+                            operator_id: "op".into(),
+                            ..Default::default()
+                        };
+                        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+                        let v = &built.verifier;
+                        let report = v
+                            .run(v.validate(Some(request), None).unwrap(), &caller, Some(tx))
+                            .await
+                            .unwrap();
+                        // Sources the purpose may not ask: no call at all.
+                        for spec in &specs {
+                            if d.not_asked(spec).is_some() {
+                                let calls = built.simulated.stats_of(&spec.id).unwrap().lookups;
+                                assert_eq!(calls, 0, "{} asked; {ctx}", spec.id);
+                                unasked += 1;
+                            }
+                        }
+                        // Every source result, in the report and streamed.
+                        let mut results: Vec<hedui_proto::v1::SourceResult> =
+                            report.sources.clone();
+                        while let Ok(event) = rx.try_recv() {
+                            match event.event {
+                                Some(Event::SourceResult(r)) => results.push(r),
+                                Some(Event::Report(r)) => assert_eq!(r, report),
+                                _ => {}
+                            }
+                        }
+                        for r in &results {
+                            let spec = catalog.get(&r.source_id).unwrap();
+                            let expected: Vec<i32> =
+                                d.withheld(spec).iter().map(|k| *k as i32).collect();
+                            assert_eq!(r.withheld_fact_kinds, expected, "{}; {ctx}", r.source_id);
+                            if d.not_asked(spec).is_some() {
+                                assert_eq!(r.status(), SourceStatus::NotQueried, "{ctx}");
+                                assert_eq!(r.fact_count, 0, "{ctx}");
+                            }
+                        }
+                        // Every figure of the report comes from a fact of an
+                        // allowed kind, and a kind seen as totals shows no
+                        // account.
+                        let provenances = report
+                            .income
+                            .iter()
+                            .flat_map(|i| i.items.iter().map(|x| (&x.description, &x.provenance)))
+                            .chain(report.assets.iter().flat_map(|a| {
+                                a.items.iter().map(|x| (&x.description, &x.provenance))
+                            }));
+                        for (description, p) in provenances {
+                            let Some(p) = p else { continue };
+                            if p.record_id.is_empty() {
+                                assert!(
+                                    d.aggregate.contains(&FactKind::FinancialAccount),
+                                    "{description}; {ctx}"
+                                );
+                                assert!(!description.contains("****"), "{description}; {ctx}");
+                                totals += 1;
+                                continue;
+                            }
+                            let facts = population.facts_for(&p.source_id, &p.person_id, ts);
+                            let kind = facts
+                                .iter()
+                                .find(|f| f.record_id == p.record_id)
+                                .and_then(|f| f.value.as_ref())
+                                .map(hedui_proto::v1::fact::Value::kind)
+                                .unwrap_or_else(|| panic!("{p:?} not found; {ctx}"));
+                            assert!(d.allows_kind(kind), "{kind:?} in the report; {ctx}");
+                            assert!(
+                                !d.aggregate.contains(&kind),
+                                "{kind:?} shown whole: {description}; {ctx}"
+                            );
+                        }
+                        let said: Vec<i32> = {
+                            let mut w: Vec<i32> = withheld.iter().map(|k| *k as i32).collect();
+                            w.sort_unstable();
+                            w.dedup();
+                            w
+                        };
+                        assert_eq!(report.withheld_fact_kinds, said, "{ctx}");
+                        // Nothing needing a withheld kind is decided.
+                        for i in &report.indicators {
+                            if needs(&i.id).iter().any(|k| withheld.contains(k)) {
+                                assert_eq!(
+                                    i.outcome(),
+                                    Outcome::Inconclusive,
+                                    "{} {}: {}; {ctx}",
+                                    i.id,
+                                    i.name,
+                                    i.reason
+                                );
+                                assert!(i.reason.contains("withheld"), "{}; {ctx}", i.reason);
+                                undecided += 1;
+                            }
+                        }
+                        if report.verdict() == Outcome::Pass {
+                            assert!(withheld.is_empty(), "{ctx}");
+                        }
+                    }
+                }
+                // The audit log says what was disclosed, and nothing else.
+                let rows = built
+                    .verifier
+                    .audit()
+                    .backend()
+                    .query(&crate::audit::store::Filter {
+                        kind: Some("verification".into()),
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(rows.len(), 7 * APPLICANTS);
+                for row in &rows {
+                    let p = Purpose::from_str_name(&format!(
+                        "PURPOSE_{}",
+                        row.purpose.to_ascii_uppercase()
+                    ))
+                    .unwrap() as i32;
+                    let d = disclosures
+                        .get(&p)
+                        .cloned()
+                        .unwrap_or_else(|| Disclosure::unrestricted(&row.purpose));
+                    let body: serde_json::Value =
+                        serde_json::from_str(row.body.as_deref().unwrap()).unwrap();
+                    let entry = body.get("entry").unwrap_or(&body);
+                    let disclosed = entry["disclosed"].as_array().cloned().unwrap_or_default();
+                    assert!(!disclosed.is_empty(), "{entry}");
+                    for source in &disclosed {
+                        let id = source[0].as_str().unwrap();
+                        let spec = catalog.get(id).unwrap();
+                        assert!(d.not_asked(spec).is_none(), "{id} disclosed; {entry}");
+                        for k in source[1].as_array().unwrap() {
+                            let k = k.as_str().unwrap();
+                            let (kind, total) = match k.strip_suffix(":total") {
+                                Some(k) => (parse_kind(k).unwrap(), true),
+                                None => (parse_kind(k).unwrap(), false),
+                            };
+                            assert!(d.allows_kind(kind), "{k} disclosed; {entry}");
+                            assert_eq!(d.aggregate.contains(&kind), total, "{k}; {entry}");
+                        }
+                    }
+                    for k in entry["withheld"].as_array().cloned().unwrap_or_default() {
+                        let kind = parse_kind(k.as_str().unwrap()).unwrap();
+                        assert!(!d.allows_kind(kind), "{k}; {entry}");
+                    }
+                }
+                built.verifier.store().close().await;
+                built.verifier.audit().close().await;
+            }
+        }
+        assert_eq!(cases, 3 * 2 * 7 * APPLICANTS);
+        assert!(
+            unasked > 100 && totals > 5 && undecided > 50,
+            "unasked {unasked}, totals {totals}, undecided {undecided}"
+        );
+    }
+
+    /// A peer broker asking this broker's sources is bound by the same
+    /// purpose policy: a source the purpose may not ask refuses, the
+    /// others answer only the kinds the purpose may see.
+    #[tokio::test]
+    async fn peers_are_bound_by_the_purpose_policy_too() {
+        use hedui_adapters::{Adapter, AdapterError, LookupContext};
+        use hedui_proto::v1::{FactKind, LookupRequest};
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/purposes.toml"
+        );
+        let mut config = Config::load(std::path::Path::new(path)).unwrap();
+        config.store.path = ":memory:".into();
+        config.audit.path = Some(":memory:".into());
+        config.changes.transport = Some("none".into());
+        config
+            .simulation
+            .insert("households".into(), toml::Value::Integer(30));
+        config
+            .simulation
+            .insert("latency_p99_ms".into(), toml::Value::Integer(0));
+        config
+            .simulation
+            .insert("latency_p50_ms".into(), toml::Value::Integer(0));
+        let built = build(&config).await.unwrap();
+        let bound = |id: &str| {
+            let s = built
+                .verifier
+                .sources()
+                .iter()
+                .find(|s| s.spec.id == id)
+                .unwrap();
+            PurposeBound {
+                spec: s.spec.clone(),
+                inner: s.guard.clone(),
+                verifier: built.verifier.clone(),
+            }
+        };
+        let population = Population::generate(&hedui_mock_agencies::population::PopulationConfig {
+            seed: hedui_mock_agencies::population::DEFAULT_SEED,
+            households: 30,
+            today: crate::time::china_date(),
+        });
+        let members: Vec<String> = population
+            .truth(&TruthPolicy::default())
+            .iter()
+            .flat_map(|t| t.member_ids.clone())
+            .collect();
+        let lookup = |source: &str, purpose: Purpose| LookupRequest {
+            request_id: "peer-1".into(),
+            source_id: source.into(),
+            person_ids: members.iter().take(40).cloned().collect(),
+            fact_kinds: Vec::new(),
+            purpose: purpose as i32,
+            consent_reference: "SQ-1".into(),
+        };
+        let ctx = LookupContext::with_timeout(Duration::from_secs(5));
+        let bank = bound("rural-commercial-bank");
+        let e = bank
+            .lookup(
+                &ctx,
+                lookup("rural-commercial-bank", Purpose::EducationAssistance),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, AdapterError::Rejected(m) if m.contains("purposes.education_assistance.fact_kinds")),
+            "{e}"
+        );
+        assert_eq!(
+            built
+                .simulated
+                .stats_of("rural-commercial-bank")
+                .unwrap()
+                .lookups,
+            0
+        );
+        let full = bank
+            .lookup(
+                &ctx,
+                lookup("rural-commercial-bank", Purpose::DibaoApplication),
+            )
+            .await
+            .unwrap();
+        assert!(full.answers.iter().any(|a| !a.facts.is_empty()));
+        // Civil affairs answers education assistance without marriages.
+        let civil = bound("civil-affairs");
+        let kinds = |r: &hedui_proto::v1::LookupResponse| -> Vec<FactKind> {
+            r.answers
+                .iter()
+                .flat_map(|a| a.facts.iter().filter_map(|f| f.value.as_ref()))
+                .map(hedui_proto::v1::fact::Value::kind)
+                .collect()
+        };
+        let all = civil
+            .lookup(&ctx, lookup("civil-affairs", Purpose::DibaoApplication))
+            .await
+            .unwrap();
+        assert!(kinds(&all).contains(&FactKind::Marriage));
+        let education = civil
+            .lookup(&ctx, lookup("civil-affairs", Purpose::EducationAssistance))
+            .await
+            .unwrap();
+        assert!(!kinds(&education).is_empty());
+        assert!(!kinds(&education).contains(&FactKind::Marriage));
     }
 
     /// Every configuration shipped under deploy/ parses and builds.

@@ -36,6 +36,11 @@
 //! [policy]
 //! dir = "policies"            # extra dated per-county policy files
 //!
+//! [purposes.temporary_assistance]   # what one purpose may see; each key optional
+//! sources = ["public-security", "civil-affairs", "rural-commercial-bank"]
+//! fact_kinds = ["household_registration", "social_assistance", "financial_account"]
+//! aggregate = ["financial_account"] # seen only as totals per member
+//!
 //! [simulation]                # parameters of the "simulated" transport
 //! seed = 2018
 //! households = 3000
@@ -56,7 +61,10 @@ use hedui_adapters::{
     catalog::{Catalog, HOUSEHOLD_SOURCE, RawSourceSpec, SourceSpec},
     registry::TransportConfig,
 };
+use hedui_proto::v1::FactKind;
 use serde::Deserialize;
+
+use crate::report::disclosure::{self, Disclosure};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -94,8 +102,8 @@ pub struct Config {
     #[serde(default)]
     pub changes: crate::watch::feed::ChangesConfig,
     /// Per purpose (`dibao_application`, `medical_assistance`, ...), the
-    /// sources that may be asked; a purpose not listed may ask every
-    /// source.
+    /// sources that may be asked and the fact kinds that may be seen; a
+    /// purpose not listed may ask every source and see every kind.
     #[serde(default)]
     pub purposes: std::collections::BTreeMap<String, PurposeConfig>,
     /// Policies beyond the embedded Dachuan one.
@@ -191,14 +199,125 @@ pub struct PolicyConfig {
     pub dir: Option<PathBuf>,
 }
 
-/// What one purpose may see.
-#[derive(Debug, Clone, Deserialize)]
+/// What one purpose may see (`crate::report::disclosure`). Every key is
+/// optional; an absent one restricts nothing.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurposeConfig {
     /// The sources that may be asked for this purpose (the household
     /// source always among them); the others are not asked, and what
     /// needs them is inconclusive.
-    pub sources: Vec<String>,
+    pub sources: Option<Vec<String>>,
+    /// The fact kinds that may reach the caller for this purpose, named as
+    /// `hedui.v1.FactKind` without its prefix in lower case (e.g.
+    /// `school_enrolment`; `household_registration` always among them).
+    /// A source serving none of them is not asked; facts of other kinds
+    /// never leave the broker, and what needs them is inconclusive.
+    pub fact_kinds: Option<Vec<String>>,
+    /// Fact kinds the purpose sees only as totals per member, without
+    /// account identifiers: `financial_account` (summed per account type)
+    /// and `account_outflow`.
+    #[serde(default)]
+    pub aggregate: Vec<String>,
+}
+
+impl PurposeConfig {
+    /// Checks this `[purposes.<name>]` table against the configured
+    /// sources `specs`.
+    fn disclosure(&self, name: &str, specs: &[SourceSpec]) -> Result<Disclosure, String> {
+        let at = format!("purposes.{name}");
+        let kinds = |key: &str, names: &[String]| -> Result<Vec<FactKind>, String> {
+            let mut out: Vec<FactKind> = Vec::with_capacity(names.len());
+            for (i, n) in names.iter().enumerate() {
+                let kind = disclosure::parse_kind(n).ok_or_else(|| {
+                    format!(
+                        "{at}.{key}[{i}]: {n:?} is not a fact kind; allowed: {}",
+                        disclosure::kind_names(&disclosure::all_kinds())
+                    )
+                })?;
+                if out.contains(&kind) {
+                    return Err(format!("{at}.{key}[{i}]: {n:?} appears twice"));
+                }
+                out.push(kind);
+            }
+            Ok(out)
+        };
+        let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+        if let Some(sources) = &self.sources {
+            for (i, s) in sources.iter().enumerate() {
+                if !ids.contains(&s.as_str()) {
+                    return Err(format!(
+                        "{at}.sources[{i}]: {s:?} is not a configured source; configured: {}",
+                        ids.join(", ")
+                    ));
+                }
+            }
+            if !sources.iter().any(|s| s == HOUSEHOLD_SOURCE) {
+                return Err(format!(
+                    "{at}.sources: must include the household source {HOUSEHOLD_SOURCE:?}"
+                ));
+            }
+        }
+        let fact_kinds = match &self.fact_kinds {
+            None => None,
+            Some(names) => {
+                let k = kinds("fact_kinds", names)?;
+                if !k.contains(&FactKind::HouseholdRegistration) {
+                    return Err(format!(
+                        "{at}.fact_kinds: must include \"household_registration\" (the household \
+                         is resolved through it)"
+                    ));
+                }
+                Some(k)
+            }
+        };
+        let aggregate = kinds("aggregate", &self.aggregate)?;
+        for (i, k) in aggregate.iter().enumerate() {
+            if !disclosure::AGGREGATABLE.contains(k) {
+                return Err(format!(
+                    "{at}.aggregate[{i}]: {:?} cannot be seen as totals; allowed: {}",
+                    self.aggregate[i],
+                    disclosure::kind_names(&disclosure::AGGREGATABLE)
+                ));
+            }
+            if fact_kinds.as_ref().is_some_and(|f| !f.contains(k)) {
+                return Err(format!(
+                    "{at}.aggregate[{i}]: {:?} is not in {at}.fact_kinds",
+                    self.aggregate[i]
+                ));
+            }
+        }
+        let d = Disclosure {
+            purpose: name.to_owned(),
+            sources: self.sources.clone(),
+            fact_kinds,
+            aggregate,
+        };
+        // A source listed but serving no allowed kind would never be asked:
+        // the two lists disagree.
+        if let Some(sources) = &self.sources {
+            for (i, s) in sources.iter().enumerate() {
+                if let Some(spec) = specs.iter().find(|x| &x.id == s)
+                    && !spec.fact_kinds.iter().any(|k| d.allows_kind(*k))
+                {
+                    return Err(format!(
+                        "{at}.sources[{i}]: {s:?} serves none of {at}.fact_kinds (it serves {})",
+                        disclosure::kind_names(&spec.fact_kinds)
+                    ));
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
+/// Names of every purpose, as `[purposes.<name>]` takes them.
+fn purpose_names() -> String {
+    (1..)
+        .map_while(|i| hedui_proto::v1::Purpose::try_from(i).ok())
+        .map(|p| crate::verify::purpose_name(p as i32))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One source to ask.
@@ -377,25 +496,26 @@ impl Config {
             )));
         }
         let sources = self.resolve_sources(&Catalog::dachuan()).map_err(err)?;
-        let ids: Vec<String> = sources.into_iter().map(|s| s.spec.id).collect();
+        let specs: Vec<SourceSpec> = sources.into_iter().map(|s| s.spec).collect();
+        let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
         crate::guard::config::validate(&self.cache, &self.limits, &ids).map_err(err)?;
         self.changes.validate().map_err(err)?;
-        self.allowed_sources(&ids).map_err(err)?;
+        self.disclosures(&specs).map_err(err)?;
         self.audit.validate().map_err(err)?;
         crate::security::config::validate(self.tls.as_ref(), &self.quotas, &self.clients)
             .map_err(err)?;
         Ok(())
     }
 
-    /// The sources each restricted purpose may ask, by purpose number,
-    /// checked against the configured source `ids`.
+    /// What each configured purpose may see, by purpose number, checked
+    /// against the configured sources `specs`.
     ///
     /// # Errors
-    /// A message naming the `purposes` key and what is wrong.
-    pub fn allowed_sources(
+    /// A message naming the `purposes` key and what is allowed.
+    pub fn disclosures(
         &self,
-        ids: &[String],
-    ) -> Result<std::collections::BTreeMap<i32, Vec<String>>, String> {
+        specs: &[SourceSpec],
+    ) -> Result<std::collections::BTreeMap<i32, Disclosure>, String> {
         let mut out = std::collections::BTreeMap::new();
         for (name, p) in &self.purposes {
             let purpose = hedui_proto::v1::Purpose::from_str_name(&format!(
@@ -403,25 +523,14 @@ impl Config {
                 name.to_ascii_uppercase()
             ))
             .filter(|p| *p != hedui_proto::v1::Purpose::Unspecified)
+            .filter(|_| name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
             .ok_or_else(|| {
                 format!(
-                    "purposes.{name}: not a purpose (e.g. dibao_application, dibao_review, medical_assistance)"
+                    "purposes.{name}: not a purpose; allowed: {}",
+                    purpose_names()
                 )
             })?;
-            for s in &p.sources {
-                if !ids.contains(s) {
-                    return Err(format!(
-                        "purposes.{name}.sources: {s:?} is not a configured source; configured: {}",
-                        ids.join(", ")
-                    ));
-                }
-            }
-            if !p.sources.iter().any(|s| s == HOUSEHOLD_SOURCE) {
-                return Err(format!(
-                    "purposes.{name}.sources: must include the household source {HOUSEHOLD_SOURCE:?}"
-                ));
-            }
-            out.insert(purpose as i32, p.sources.clone());
+            out.insert(purpose as i32, p.disclosure(name, specs)?);
         }
         Ok(out)
     }

@@ -69,6 +69,20 @@ fn provenance(report: &Report, p: Option<&Provenance>) -> String {
     }
 }
 
+/// Fact kinds in words, e.g. `financial_account, account_outflow`.
+fn kinds(kinds: &[i32]) -> String {
+    kinds
+        .iter()
+        .map(|k| {
+            hedui_proto::v1::FactKind::try_from(*k).map_or_else(
+                |_| format!("unknown_{k}"),
+                crate::report::disclosure::kind_name,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Renders a report as text.
 pub fn text(report: &Report) -> String {
     let mut o = String::new();
@@ -108,6 +122,20 @@ pub fn text(report: &Report) -> String {
             o,
             "completed after late answers (revision {})",
             report.revision
+        );
+    }
+    if !report.withheld_fact_kinds.is_empty() {
+        let _ = writeln!(
+            o,
+            "withheld for purpose {purpose}: {} (not asked for, not shown; what needs them is inconclusive)",
+            kinds(&report.withheld_fact_kinds)
+        );
+    }
+    if !report.aggregated_fact_kinds.is_empty() {
+        let _ = writeln!(
+            o,
+            "shown as totals only for purpose {purpose}: {}",
+            kinds(&report.aggregated_fact_kinds)
         );
     }
     let hukou = match HukouType::try_from(report.hukou_type) {
@@ -232,9 +260,14 @@ pub fn text(report: &Report) -> String {
             s.fact_count,
             if s.detail.is_empty() {
                 format!(
-                    "as of {}{}",
+                    "as of {}{}{}",
                     when(s.as_of.as_ref()),
-                    if s.from_cache { " (cached)" } else { "" }
+                    if s.from_cache { " (cached)" } else { "" },
+                    if s.withheld_fact_kinds.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; withheld: {}", kinds(&s.withheld_fact_kinds))
+                    }
                 )
             } else {
                 s.detail.clone()

@@ -36,6 +36,7 @@ use crate::{
     audit::{AuditError, AuditLog, Entry, Kind, SourceEntry},
     guard::{AnswerCache, GuardError, Served, SourceGuard, config::GuardSettings},
     report::{
+        disclosure::{self, Disclosure},
         fold::{FoldInput, fold},
         household::{SourceOutcome, resolve_household},
         policy::PolicySet,
@@ -260,8 +261,9 @@ pub struct Verifier {
     audit: AuditLog,
     deadlines: Deadlines,
     watchers: Watchers,
-    /// Per purpose number, the sources it may ask; absent: every source.
-    allowed: std::collections::BTreeMap<i32, Vec<String>>,
+    /// Per purpose number, what it may see (`[purposes]`); absent: every
+    /// source and every fact kind.
+    disclosures: std::collections::BTreeMap<i32, Arc<Disclosure>>,
 }
 
 /// A request that passed validation, with its effective deadline.
@@ -297,17 +299,29 @@ impl Verifier {
             audit,
             deadlines,
             watchers: Watchers::default(),
-            allowed: std::collections::BTreeMap::new(),
+            disclosures: std::collections::BTreeMap::new(),
         }
     }
 
-    /// Restricts purposes to sources: per purpose number, the sources it
-    /// may ask (`[purposes]`); a purpose not in `allowed` asks every
-    /// source.
+    /// Restricts purposes: per purpose number, the sources it may ask and
+    /// the fact kinds it may see (`[purposes]`); a purpose not in
+    /// `disclosures` asks every source and sees every kind.
     #[must_use]
-    pub fn with_purposes(mut self, allowed: std::collections::BTreeMap<i32, Vec<String>>) -> Self {
-        self.allowed = allowed;
+    pub fn with_purposes(
+        mut self,
+        disclosures: std::collections::BTreeMap<i32, Disclosure>,
+    ) -> Self {
+        self.disclosures = disclosures
+            .into_iter()
+            .map(|(k, d)| (k, Arc::new(d)))
+            .collect();
         self
+    }
+
+    /// What the purpose (a proto number) may see; `None` when it is not
+    /// restricted.
+    pub fn disclosure(&self, purpose: i32) -> Option<Arc<Disclosure>> {
+        self.disclosures.get(&purpose).cloned()
     }
 
     /// The audit log.
@@ -502,14 +516,17 @@ impl Verifier {
             deadline,
             max_age,
         };
+        let disclosure = self.disclosure(request.purpose);
         let household_outcome = ask(
-            household_source,
+            &narrowed(disclosure.as_deref(), household_source),
             &report_id,
             vec![request.applicant_id.clone()],
             &request,
             limits,
         )
         .await;
+        let household_outcome =
+            restricted(disclosure.as_deref(), household_source, household_outcome);
         let household = resolve_household(&request.applicant_id, &household_outcome);
         // A streaming caller learns the members and each source's outcome
         // before the report: the access is recorded before any of it
@@ -539,22 +556,15 @@ impl Verifier {
         let mut regular = FuturesUnordered::new();
         let mut late: LateAnswers = FuturesUnordered::new();
         let mut pending_until = deadline;
-        let allowed = self.allowed.get(&request.purpose);
         for (i, source) in self.sources.iter().enumerate() {
             if i == self.household {
                 continue;
             }
-            if allowed.is_some_and(|ids| !ids.contains(&source.spec.id)) {
+            if let Some(why) = disclosure.as_ref().and_then(|d| d.not_asked(&source.spec)) {
                 // Data minimisation: neither asked nor taken from the
                 // cache for this purpose.
-                let name = purpose_name(request.purpose);
-                let outcome = unanswered(
-                    source,
-                    SourceStatus::NotQueried,
-                    format!(
-                        "not asked: not needed for the purpose {name} (purposes.{name}.sources)"
-                    ),
-                );
+                let outcome = unanswered(source, SourceStatus::NotQueried, why);
+                let outcome = restricted(disclosure.as_deref(), source, outcome);
                 send(Event::SourceResult(outcome.result.clone()));
                 outcomes[i] = Some(outcome);
                 continue;
@@ -565,13 +575,27 @@ impl Verifier {
                 deadline: long.max(deadline),
                 max_age,
             };
-            let (source, report_id, person_ids, request) = (
+            let (source, report_id, person_ids, request, disclosure) = (
                 source.clone(),
                 report_id.clone(),
                 person_ids.clone(),
                 shared.clone(),
+                disclosure.clone(),
             );
-            let work = async move { ask(&source, &report_id, person_ids, &request, limits).await };
+            // Asked only for the kinds the purpose may see, and the answer
+            // (the cache's too) filtered again before anything reads it.
+            let work = async move {
+                let d = disclosure.as_deref();
+                let outcome = ask(
+                    &narrowed(d, &source),
+                    &report_id,
+                    person_ids,
+                    &request,
+                    limits,
+                )
+                .await;
+                restricted(d, &source, outcome)
+            };
             if long > deadline {
                 pending_until = pending_until.max(long);
                 let task = tokio::spawn(work);
@@ -592,7 +616,11 @@ impl Verifier {
                     outcomes[i] = Some(outcome);
                 }
                 Some((i, joined)) = late.next() => {
-                    let outcome = joined_outcome(&self.sources[i], joined);
+                    let outcome = restricted(
+                        disclosure.as_deref(),
+                        &self.sources[i],
+                        joined_outcome(&self.sources[i], joined),
+                    );
                     send(Event::SourceResult(outcome.result.clone()));
                     outcomes[i] = Some(outcome);
                 }
@@ -606,7 +634,12 @@ impl Verifier {
         let mut returned = outcomes.clone();
         for (i, o) in returned.iter_mut().enumerate() {
             if o.is_none() {
-                let outcome = pending_outcome(&self.sources[i], pending_until);
+                let source = &self.sources[i];
+                let outcome = restricted(
+                    disclosure.as_deref(),
+                    source,
+                    pending_outcome(source, pending_until),
+                );
                 send(Event::SourceResult(outcome.result.clone()));
                 *o = Some(outcome);
             }
@@ -632,7 +665,8 @@ impl Verifier {
         }
 
         // 4. Recorded, then stored, before it leaves.
-        let entry = self.access_entry(&report, caller, started.elapsed());
+        let mut entry = self.access_entry(&report, caller, started.elapsed());
+        record_disclosure(&mut entry, &report, returned.iter());
         self.audit.record(entry).await.map_err(|e| {
             warn!(error = %e, "access not recorded; the report does not leave");
             VerifyError::AuditUnavailable(e)
@@ -694,9 +728,15 @@ impl Verifier {
             mut outcomes,
         } = c;
         let mut late_ids = Vec::new();
+        let disclosure = self.disclosure(request.purpose);
         while let Some((i, joined)) = late.next().await {
             late_ids.push(i);
-            outcomes[i] = Some(joined_outcome(&self.sources[i], joined));
+            let source = &self.sources[i];
+            outcomes[i] = Some(restricted(
+                disclosure.as_deref(),
+                source,
+                joined_outcome(source, joined),
+            ));
         }
         let outcomes: Vec<SourceOutcome> = outcomes.into_iter().flatten().collect();
         let policy = self.policies.select(&household.region_code, today);
@@ -716,7 +756,12 @@ impl Verifier {
             .iter()
             .filter_map(|i| report.sources.get(*i))
             .collect();
-        let entry = self.completed_entry(&report, &caller, &late_sources);
+        let mut entry = self.completed_entry(&report, &caller, &late_sources);
+        record_disclosure(
+            &mut entry,
+            &report,
+            late_ids.iter().filter_map(|i| outcomes.get(*i)),
+        );
         if let Err(e) = self.audit.record(entry).await {
             // Left pending: the next start of the broker closes it.
             tracing::error!(error = %e, report = %report_id, "completion not recorded; the report stays pending");
@@ -852,6 +897,56 @@ fn unanswered(source: &SourceHandle, status: SourceStatus, detail: String) -> So
     }
 }
 
+// === data minimisation (`crate::report::disclosure`) ===
+
+/// `source` as the purpose may ask it: its spec narrowed to the kinds the
+/// purpose may see (what the lookup asks for), behind the same guard.
+fn narrowed(disclosure: Option<&Disclosure>, source: &SourceHandle) -> SourceHandle {
+    match disclosure {
+        Some(d) => SourceHandle {
+            spec: d.narrowed(&source.spec),
+            guard: source.guard.clone(),
+        },
+        None => source.clone(),
+    }
+}
+
+/// The outcome of `source` as the purpose may see it.
+fn restricted(
+    disclosure: Option<&Disclosure>,
+    source: &SourceHandle,
+    outcome: SourceOutcome,
+) -> SourceOutcome {
+    match disclosure {
+        Some(d) => d.restrict(&source.spec, outcome),
+        None => outcome,
+    }
+}
+
+/// Writes into a verification's audit entry what `outcomes` disclosed,
+/// per source, and the kinds the report says were withheld.
+fn record_disclosure<'a>(
+    entry: &mut Entry,
+    report: &Report,
+    outcomes: impl Iterator<Item = &'a SourceOutcome>,
+) {
+    entry.disclosed = outcomes
+        .filter_map(|o| {
+            let kinds = disclosure::disclosed_kinds(o);
+            (!kinds.is_empty()).then(|| crate::audit::record::Disclosed {
+                id: o.spec.id.clone(),
+                kinds,
+            })
+        })
+        .collect();
+    entry.withheld = report
+        .withheld_fact_kinds
+        .iter()
+        .filter_map(|k| hedui_proto::v1::FactKind::try_from(*k).ok())
+        .map(disclosure::kind_name)
+        .collect();
+}
+
 /// The outcome of a source asked in its own task.
 fn joined_outcome(
     source: &SourceHandle,
@@ -904,12 +999,22 @@ impl Verifier {
         ids.sort();
         ids.dedup();
         entry.subjects = ids.into_iter().map(|id| key.subject(id)).collect();
+        // A source the purpose may not ask is not said to be asked.
+        let disclosure = self.disclosure(request.purpose);
         entry.sources = self
             .sources
             .iter()
             .map(|s| SourceEntry {
                 id: s.spec.id.clone(),
-                status: "asked".into(),
+                status: if disclosure
+                    .as_ref()
+                    .is_some_and(|d| d.not_asked(&s.spec).is_some())
+                {
+                    "not_queried"
+                } else {
+                    "asked"
+                }
+                .into(),
                 cache_hit: false,
                 facts: 0,
             })

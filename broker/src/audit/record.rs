@@ -113,6 +113,34 @@ impl From<SourceEntry> for SourceTuple {
     }
 }
 
+/// The fact kinds one source disclosed for an access, as the purpose let
+/// them through. In the canonical bytes it is the array
+/// `["id",["kind",...]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "DisclosedTuple", into = "DisclosedTuple")]
+pub struct Disclosed {
+    /// The source id, e.g. `rural-commercial-bank`.
+    pub id: String,
+    /// The kinds of the facts it disclosed, e.g. `school_enrolment`; a
+    /// kind the purpose sees as totals only is written
+    /// `financial_account:total`.
+    pub kinds: Vec<String>,
+}
+
+type DisclosedTuple = (String, Vec<String>);
+
+impl From<DisclosedTuple> for Disclosed {
+    fn from((id, kinds): DisclosedTuple) -> Self {
+        Self { id, kinds }
+    }
+}
+
+impl From<Disclosed> for DisclosedTuple {
+    fn from(d: Disclosed) -> Self {
+        (d.id, d.kinds)
+    }
+}
+
 /// What a caller submits: one access, or one event of the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +173,16 @@ pub struct Entry {
     pub outcome: String,
     /// More about it: why it was refused, what was queried or purged.
     pub detail: String,
+    /// What was disclosed: per source whose facts reached the caller, the
+    /// fact kinds of those facts. Absent (and not written) when nothing
+    /// was disclosed, and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disclosed: Vec<Disclosed>,
+    /// Fact kinds the purpose may not see that the sources serve (not
+    /// asked for, not disclosed), e.g. `financial_account`. Absent when
+    /// none was withheld, and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
 }
 
 impl Entry {
@@ -183,6 +221,9 @@ impl Entry {
         for s in &mut self.sources {
             s.id = redact_ids(&s.id, key);
             s.status = redact_ids(&s.status, key);
+        }
+        for d in &mut self.disclosed {
+            d.id = redact_ids(&d.id, key);
         }
         self
     }
@@ -307,6 +348,84 @@ mod tests {
         assert_eq!(Record::parse(&bytes), Some(r));
         let spaced = String::from_utf8(bytes).unwrap().replacen(':', ": ", 1);
         assert_eq!(Record::parse(spaced.as_bytes()), None);
+    }
+
+    /// A record written before `disclosed` and `withheld` existed parses,
+    /// stays canonical, and its bytes are what the log chained; a record
+    /// with them round-trips.
+    #[test]
+    fn records_without_the_disclosure_fields_still_parse() {
+        let old = br#"{"v":1,"seq":7,"prev":"ab","entry":{"time_ms":1,"kind":"verification","request_id":"r","client":"c","operator":"o","purpose":"dibao_review","consent_reference":"SQ-1","subjects":["s"],"sources":[["public-security","ok",false,1]],"report_digest":"d","latency_ms":3,"outcome":"ok","detail":""}}"#;
+        let record = Record::parse(old).expect("an old record parses and is canonical");
+        assert!(record.entry.disclosed.is_empty() && record.entry.withheld.is_empty());
+        assert_eq!(record.canonical(), old.to_vec());
+
+        let mut entry = record.entry.clone();
+        entry.disclosed = vec![Disclosed {
+            id: "rural-commercial-bank".into(),
+            kinds: vec!["financial_account:total".into()],
+        }];
+        entry.withheld = vec!["account_outflow".into()];
+        let new = Record { entry, ..record };
+        let bytes = new.canonical();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.ends_with(r#""detail":"","disclosed":[["rural-commercial-bank",["financial_account:total"]]],"withheld":["account_outflow"]}}"#),
+            "{text}"
+        );
+        assert_eq!(Record::parse(&bytes), Some(new));
+    }
+
+    /// A log holding records in the old form (no disclosure fields: what
+    /// every record before them was, byte for byte) and records with them
+    /// verifies whole.
+    #[tokio::test]
+    async fn a_log_of_old_and_new_records_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::audit::testkit::TestStore::sqlite(dir.path(), "mixed", Suite::Sha256Ed25519);
+        let log = store.open().await.unwrap();
+        let key = log.subject_key().clone();
+        for i in 0..6 {
+            let mut e = crate::audit::testkit::sample_entry(i, &key);
+            if i % 2 == 1 {
+                e.disclosed = vec![Disclosed {
+                    id: "education".into(),
+                    kinds: vec!["school_enrolment".into()],
+                }];
+                e.withheld = vec!["financial_account".into()];
+            } else {
+                e.disclosed.clear();
+                e.withheld.clear();
+            }
+            log.record(e).await.unwrap();
+        }
+        log.checkpoint().await.unwrap();
+        let public = log.public_key_hex();
+        log.close().await;
+        let backend = store.backend().await.unwrap();
+        let rows = backend
+            .query(&crate::audit::store::Filter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let bodies: Vec<&str> = rows.iter().filter_map(|r| r.body.as_deref()).collect();
+        assert_eq!(
+            bodies
+                .iter()
+                .filter(|b| b.contains("\"disclosed\""))
+                .count(),
+            3
+        );
+        let report =
+            crate::audit::check::verify_log(backend.as_ref(), Suite::Sha256Ed25519, &public)
+                .await
+                .unwrap();
+        backend.close().await;
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.records, 6);
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub(crate) fn result(spec: &SourceSpec, status: SourceStatus, fact_count: u32) -
         } else {
             "test failure".to_owned()
         },
+        withheld_fact_kinds: Vec::new(),
+        aggregated_fact_kinds: Vec::new(),
     }
 }
 

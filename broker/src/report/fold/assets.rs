@@ -12,8 +12,8 @@ pub(super) fn fold_assets(ctx: &Context<'_>) -> Assets {
     let mut items: Vec<AssetItem> = Vec::new();
     let mut money: i64 = 0;
 
-    for (f, a) in &ctx.accounts {
-        let account_type = a.account_type();
+    for a in ctx.account_views() {
+        let account_type = a.account_type;
         let category = match account_type {
             AccountType::Deposit => AssetCategory::Deposits,
             AccountType::Securities | AccountType::Fund => AssetCategory::Securities,
@@ -21,7 +21,7 @@ pub(super) fn fold_assets(ctx: &Context<'_>) -> Assets {
             AccountType::WealthManagement => AssetCategory::WealthManagement,
             AccountType::Unspecified => AssetCategory::Unspecified,
         };
-        let balance = amount(a.balance_fen);
+        let balance = a.balance_fen;
         if ctx
             .policy
             .assets
@@ -30,13 +30,9 @@ pub(super) fn fold_assets(ctx: &Context<'_>) -> Assets {
         {
             money = money.saturating_add(balance);
         }
-        let description = format!(
-            "{} at {} ({})",
-            enum_words(account_type.as_str_name(), "ACCOUNT_TYPE_"),
-            a.institution,
-            a.account_ref
-        );
-        items.push(asset(category, description, balance, 0, *f));
+        let mut item = asset(category, a.words(), balance, 0, a.found);
+        item.provenance = Some(a.provenance());
+        items.push(item);
     }
 
     for (f, d) in &ctx.dwellings {
@@ -139,17 +135,20 @@ pub(super) fn fold_assets(ctx: &Context<'_>) -> Assets {
     }
 
     let totals = totals(&items);
+    let input_kinds = indicators::asset_input_kinds();
     let missing: Vec<String> = ctx
-        .missing_serving(&indicators::asset_input_kinds())
+        .missing_serving(&input_kinds)
         .iter()
         .map(|o| o.spec.id.clone())
         .collect();
+    // Assets of a withheld kind are unknown: not complete either.
+    let withheld = ctx.withheld_of(&input_kinds);
     Assets {
         items,
         totals,
         money_assets_fen: money,
         money_assets_per_capita_fen: div(money, ctx.n as i64),
-        complete: missing.is_empty(),
+        complete: missing.is_empty() && withheld.is_empty(),
         missing_sources: missing,
     }
 }

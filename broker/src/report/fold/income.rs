@@ -48,21 +48,19 @@ pub(super) fn fold_income(ctx: &Context<'_>) -> Income {
             *f,
         );
     }
-    for (f, a) in &ctx.accounts {
+    for a in ctx.account_views() {
         let what = format!(
-            "{} at {} ({}), {} yuan over 12 months",
-            enum_words(a.account_type().as_str_name(), "ACCOUNT_TYPE_"),
-            a.institution,
-            a.account_ref,
-            yuan(amount(a.income_12m_fen))
+            "{}, {} yuan over 12 months",
+            a.words(),
+            yuan(a.income_12m_fen)
         );
-        push(
+        push_from(
             ctx,
             &mut items,
             IncomeKind::Interest,
-            amount(a.income_12m_fen) / 12,
+            a.income_12m_fen / 12,
             &what,
-            *f,
+            a.provenance(),
         );
     }
     for (f, s) in facts!(ctx, SocialInsurance) {
@@ -199,11 +197,14 @@ pub(super) fn fold_income(ctx: &Context<'_>) -> Income {
     .iter()
     .fold(0i64, |sum, c| sum.saturating_add(total(*c)))
         - deduction;
+    let input_kinds = indicators::income_input_kinds(ctx.policy);
     let missing: Vec<String> = ctx
-        .missing_serving(&indicators::income_input_kinds(ctx.policy))
+        .missing_serving(&input_kinds)
         .iter()
         .map(|o| o.spec.id.clone())
         .collect();
+    // Income that needs a withheld kind is not complete either.
+    let withheld = ctx.withheld_of(&input_kinds);
 
     Income {
         items,
@@ -211,7 +212,7 @@ pub(super) fn fold_income(ctx: &Context<'_>) -> Income {
         employment_cost_deduction_fen: deduction,
         counted_monthly_fen: counted,
         per_capita_monthly_fen: div(counted, ctx.n as i64),
-        complete: missing.is_empty(),
+        complete: missing.is_empty() && withheld.is_empty(),
         missing_sources: missing,
     }
 }
@@ -226,6 +227,18 @@ fn push(
     what: &str,
     found: Found<'_>,
 ) {
+    push_from(ctx, items, kind, monthly_fen, what, found.provenance());
+}
+
+/// [`push`] with its provenance given.
+fn push_from(
+    ctx: &Context<'_>,
+    items: &mut Vec<IncomeItem>,
+    kind: IncomeKind,
+    monthly_fen: i64,
+    what: &str,
+    provenance: Provenance,
+) {
     if monthly_fen == 0 {
         return;
     }
@@ -234,13 +247,7 @@ fn push(
     } else {
         format!("{} ({what})", kind.label())
     };
-    items.push(item(
-        ctx,
-        kind,
-        monthly_fen,
-        description,
-        found.provenance(),
-    ));
+    items.push(item(ctx, kind, monthly_fen, description, provenance));
 }
 
 fn item(

@@ -147,17 +147,32 @@ fn indicator(
     let input_sources = ctx.sources_serving(&kinds);
     let missing = ctx.missing_serving(&kinds);
     let missing_sources: Vec<String> = missing.iter().map(|o| o.spec.id.clone()).collect();
-    let (outcome, value, reason) = if missing.is_empty() {
+    // A kind withheld for the purpose is as unknown as a missing answer:
+    // what needs it is never decided on what is left.
+    let withheld = ctx.withheld_of(&kinds);
+    let (outcome, value, reason) = if missing.is_empty() && withheld.is_empty() {
         (finding.outcome, finding.value, finding.reason)
     } else {
-        let words: Vec<String> = missing.iter().map(|o| ctx.missing_words(o)).collect();
+        let mut why: Vec<String> = Vec::new();
+        if !missing.is_empty() {
+            let words: Vec<String> = missing.iter().map(|o| ctx.missing_words(o)).collect();
+            why.push(format!(
+                "no usable answer from {}; a missing answer is not read as zero or no record",
+                words.join(", ")
+            ));
+        }
+        if !withheld.is_empty() {
+            let purpose = crate::verify::purpose_name(ctx.input.request.purpose);
+            why.push(format!(
+                "fact kinds withheld for the purpose {purpose}: {} (purposes.{purpose}.fact_kinds); \
+                 withheld data is not read as zero or no record",
+                crate::report::disclosure::kind_names(&withheld)
+            ));
+        }
         (
             Outcome::Inconclusive,
             format!("so far: {}", finding.value),
-            format!(
-                "no usable answer from {}; a missing answer is not read as zero or no record",
-                words.join(", ")
-            ),
+            why.join("; "),
         )
     };
     Indicator {

@@ -8,6 +8,12 @@
 //! whatever its id), so a source added by configuration takes part without
 //! code. A source that did not answer is never read as zero: an indicator
 //! that depends on it is `INCONCLUSIVE` and names it.
+//!
+//! A fact kind withheld for the request's purpose (listed on a source's
+//! result, see [`crate::report::disclosure`]) is treated the same way: an
+//! indicator that needs it is `INCONCLUSIVE` and says so, never "none
+//! found". Kinds the purpose sees as totals are folded into one item per
+//! member, source and account type, without account identifiers.
 
 mod assets;
 mod income;
@@ -56,7 +62,16 @@ pub fn fold(input: FoldInput<'_>) -> Report {
     let income = income::fold_income(&ctx);
     let assets = assets::fold_assets(&ctx);
     let indicators = indicators::evaluate(&ctx, &income, &assets);
-    let (verdict, verdict_reason) = indicators::verdict(&indicators, input.policy);
+    let (verdict, mut verdict_reason) = indicators::verdict(&indicators, input.policy);
+    if verdict == hedui_proto::v1::Outcome::Inconclusive
+        && !ctx.withheld.is_empty()
+        && !verdict_reason.contains("withheld")
+    {
+        verdict_reason.push_str(&format!(
+            "; fact kinds withheld for the purpose: {}",
+            crate::report::disclosure::kind_names(&ctx.withheld)
+        ));
+    }
     let household = input.household;
     Report {
         report_id: input.report_id.clone(),
@@ -79,6 +94,8 @@ pub fn fold(input: FoldInput<'_>) -> Report {
         pending: false,
         pending_until: None,
         revision: 0,
+        withheld_fact_kinds: ctx.withheld.iter().map(|k| *k as i32).collect(),
+        aggregated_fact_kinds: ctx.aggregated.iter().map(|k| *k as i32).collect(),
     }
 }
 
@@ -144,6 +161,11 @@ struct Context<'a> {
     entities: Vec<(Found<'a>, &'a MarketEntity)>,
     /// Account outflows, each `(person, institution)` once.
     outflows: Vec<(Found<'a>, &'a AccountOutflow)>,
+    /// Fact kinds withheld for the purpose (by any source), in `FactKind`
+    /// order: what needs them cannot be concluded.
+    withheld: Vec<FactKind>,
+    /// Fact kinds the purpose sees only as totals, in `FactKind` order.
+    aggregated: Vec<FactKind>,
 }
 
 impl<'a> Context<'a> {
@@ -216,6 +238,8 @@ impl<'a> Context<'a> {
             licences: Vec::new(),
             entities: Vec::new(),
             outflows: Vec::new(),
+            withheld: listed(input.outcomes, |o| &o.result.withheld_fact_kinds),
+            aggregated: listed(input.outcomes, |o| &o.result.aggregated_fact_kinds),
         };
         // The same account reported by two sources (a bank and the finance
         // office), the same building owned in shares by two members, and the
@@ -239,6 +263,56 @@ impl<'a> Context<'a> {
             Some(format!("{}\u{1f}{}", f.person_id, o.institution))
         });
         ctx
+    }
+
+    /// Which of these kinds are withheld for the purpose.
+    fn withheld_of(&self, kinds: &[FactKind]) -> Vec<FactKind> {
+        kinds
+            .iter()
+            .copied()
+            .filter(|k| self.withheld.contains(k))
+            .collect()
+    }
+
+    /// Whether the purpose sees `kind` only as totals.
+    fn aggregates(&self, kind: FactKind) -> bool {
+        self.aggregated.contains(&kind)
+    }
+
+    /// The financial accounts as the purpose may see them: each account,
+    /// or, when accounts are seen as totals, one total per member, source
+    /// and account type (after accounts reported twice were taken once).
+    fn account_views(&self) -> Vec<AccountView<'a>> {
+        let whole = !self.aggregates(FactKind::FinancialAccount);
+        let mut views: Vec<AccountView<'a>> = Vec::new();
+        for (f, a) in &self.accounts {
+            let account_type = a.account_type();
+            if !whole
+                && let Some(v) = views.iter_mut().find(|v| {
+                    v.found.source_id == f.source_id
+                        && v.found.person_id == f.person_id
+                        && v.account_type == account_type
+                })
+            {
+                v.count += 1;
+                v.balance_fen = v.balance_fen.saturating_add(amount(a.balance_fen));
+                v.income_12m_fen = v.income_12m_fen.saturating_add(amount(a.income_12m_fen));
+                // The total is as old as its oldest account.
+                if earlier(f.as_of, v.found.as_of) {
+                    v.found.as_of = f.as_of;
+                }
+                continue;
+            }
+            views.push(AccountView {
+                found: *f,
+                account: whole.then_some(*a),
+                account_type,
+                count: 1,
+                balance_fen: amount(a.balance_fen),
+                income_12m_fen: amount(a.income_12m_fen),
+            });
+        }
+        views
     }
 
     /// The ids of the sources serving any of these kinds, in catalog order.
@@ -296,6 +370,69 @@ impl<'a> Context<'a> {
         };
         format!("{which} standard {} yuan", yuan(standard))
     }
+}
+
+/// One financial account, or the total of a member's accounts of one type
+/// at one source when the purpose sees accounts only as totals.
+#[derive(Debug, Clone, Copy)]
+struct AccountView<'a> {
+    /// Where it comes from; for a total, the first account's source and
+    /// member, and the oldest as-of time.
+    found: Found<'a>,
+    /// The account; `None` for a total.
+    account: Option<&'a FinancialAccount>,
+    account_type: hedui_proto::v1::AccountType,
+    /// Accounts in it.
+    count: usize,
+    balance_fen: i64,
+    income_12m_fen: i64,
+}
+
+impl AccountView<'_> {
+    /// Where the figure comes from: for a total, no record id (it would
+    /// name one account).
+    fn provenance(&self) -> Provenance {
+        let mut p = self.found.provenance();
+        if self.account.is_none() {
+            p.record_id = String::new();
+        }
+        p
+    }
+
+    /// The account in words, e.g. `deposit at X bank (6230****1)`, or the
+    /// total, e.g. `deposit, total of 2 accounts`.
+    fn words(&self) -> String {
+        let kind = enum_words(self.account_type.as_str_name(), "ACCOUNT_TYPE_");
+        match self.account {
+            Some(a) => format!("{kind} at {} ({})", a.institution, a.account_ref),
+            None => format!(
+                "{kind}, total of {} account{}",
+                self.count,
+                if self.count == 1 { "" } else { "s" }
+            ),
+        }
+    }
+}
+
+/// Whether as-of time `a` is before `b` (an unknown time counts as oldest).
+fn earlier(a: Option<&prost_types::Timestamp>, b: Option<&prost_types::Timestamp>) -> bool {
+    match (a, b) {
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => (a.seconds, a.nanos) < (b.seconds, b.nanos),
+        _ => false,
+    }
+}
+
+/// The fact kinds some outcome lists, in `FactKind` order.
+fn listed(outcomes: &[SourceOutcome], of: impl Fn(&SourceOutcome) -> &Vec<i32>) -> Vec<FactKind> {
+    let mut kinds: Vec<FactKind> = outcomes
+        .iter()
+        .flat_map(|o| of(o).iter().filter_map(|k| FactKind::try_from(*k).ok()))
+        .filter(|k| *k != FactKind::Unspecified)
+        .collect();
+    kinds.sort_unstable_by_key(|k| *k as i32);
+    kinds.dedup();
+    kinds
 }
 
 /// The items whose key was not seen before, in order; an item without a key

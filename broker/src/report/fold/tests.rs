@@ -1352,3 +1352,174 @@ fn items_carry_their_provenance() {
     );
     assert_eq!(p.as_of, Some(as_of()));
 }
+
+// === purpose binding and data minimisation ===
+
+/// The scenario's outcomes as `d` lets the purpose see them.
+fn restrict(s: &mut Scenario, d: &crate::report::Disclosure) {
+    for o in &mut s.outcomes {
+        let original = o.spec.clone();
+        *o = d.restrict(&original, o.clone());
+    }
+}
+
+#[test]
+fn withheld_kinds_make_what_needs_them_inconclusive_never_none_found() {
+    let mut s = Scenario::couple();
+    s.add(
+        "rural-commercial-bank",
+        APPLICANT,
+        account(
+            "Dachuan RCB",
+            "6228**11",
+            AccountType::Deposit,
+            99_000_000,
+            0,
+        ),
+    );
+    s.purpose(Purpose::EducationAssistance);
+    let kinds: Vec<FactKind> = crate::report::disclosure::all_kinds()
+        .into_iter()
+        .filter(|k| !matches!(k, FactKind::FinancialAccount | FactKind::AccountOutflow))
+        .collect();
+    restrict(
+        &mut s,
+        &crate::report::Disclosure {
+            purpose: "education_assistance".into(),
+            sources: None,
+            fact_kinds: Some(kinds),
+            aggregate: Vec::new(),
+        },
+    );
+    let r = s.fold();
+    // The deposit (well over the limit) is not read, and not read as none
+    // either: R2 and R9 (and R1, which counts interest) are undecided.
+    assert!(r.assets.as_ref().unwrap().items.is_empty());
+    assert!(!r.assets.as_ref().unwrap().complete);
+    assert!(!r.income.as_ref().unwrap().complete);
+    for id in ["R1", "R2", "R9"] {
+        let i = indicator(&r, id);
+        assert_eq!(i.outcome(), Outcome::Inconclusive, "{id}");
+        assert!(
+            i.reason
+                .contains("withheld for the purpose education_assistance: "),
+            "{}",
+            i.reason
+        );
+        assert!(
+            i.reason
+                .contains("(purposes.education_assistance.fact_kinds)"),
+            "{}",
+            i.reason
+        );
+    }
+    // What needs only allowed kinds is decided as before.
+    assert_eq!(outcome(&r, "R3"), Outcome::Pass);
+    assert_eq!(outcome(&r, "R8"), Outcome::Pass);
+    assert_eq!(r.verdict(), Outcome::Inconclusive);
+    assert!(
+        r.verdict_reason.contains("withheld"),
+        "{}",
+        r.verdict_reason
+    );
+    assert_eq!(
+        r.withheld_fact_kinds,
+        vec![
+            FactKind::FinancialAccount as i32,
+            FactKind::AccountOutflow as i32
+        ]
+    );
+    let text = crate::render::text(&r);
+    assert!(
+        text.contains(
+            "withheld for purpose education_assistance: financial_account, account_outflow"
+        ),
+        "{text}"
+    );
+    let bank = r
+        .sources
+        .iter()
+        .find(|x| x.source_id == "rural-commercial-bank")
+        .unwrap();
+    assert_eq!(bank.status(), SourceStatus::NoRecord);
+    assert_eq!(bank.fact_count, 0);
+}
+
+#[test]
+fn totals_take_each_account_once_and_name_no_account() {
+    let mut s = Scenario::couple();
+    let deposit = |r: &str, b: i64| account("Dachuan RCB", r, AccountType::Deposit, b, 12_000);
+    s.add("finance-office", APPLICANT, deposit("6228**11", 1_000_000));
+    s.add("finance-office", APPLICANT, deposit("6228**33", 200_000));
+    // The same account again, from the bank: taken once, before the sum.
+    s.add(
+        "rural-commercial-bank",
+        APPLICANT,
+        deposit("6228**11", 1_000_000),
+    );
+    s.add(
+        "rural-commercial-bank",
+        SPOUSE,
+        account("Dachuan RCB", "6228**22", AccountType::Fund, 500_000, 0),
+    );
+    let whole = s.fold();
+    s.purpose(Purpose::TemporaryAssistance);
+    restrict(
+        &mut s,
+        &crate::report::Disclosure {
+            purpose: "temporary_assistance".into(),
+            sources: None,
+            fact_kinds: None,
+            aggregate: vec![FactKind::FinancialAccount, FactKind::AccountOutflow],
+        },
+    );
+    let r = s.fold();
+    let assets = r.assets.as_ref().unwrap();
+    let items: Vec<(&str, i64)> = assets
+        .items
+        .iter()
+        .map(|i| (i.description.as_str(), i.value_fen))
+        .collect();
+    assert_eq!(
+        items,
+        vec![
+            ("deposit, total of 2 accounts", 1_200_000),
+            ("fund, total of 1 account", 500_000)
+        ]
+    );
+    for i in &assets.items {
+        let p = i.provenance.as_ref().unwrap();
+        assert!(p.record_id.is_empty(), "{p:?}");
+        assert!(p.as_of.is_some());
+    }
+    for i in &r.income.as_ref().unwrap().items {
+        assert!(!i.description.contains("6228"), "{}", i.description);
+    }
+    // The same figures as with every account shown.
+    let w = whole.assets.as_ref().unwrap();
+    assert_eq!(assets.money_assets_fen, w.money_assets_fen);
+    assert_eq!(
+        total(&r, IncomeCategory::Property),
+        total(&whole, IncomeCategory::Property)
+    );
+    assert_eq!(outcomes(&r), outcomes(&whole));
+    assert_eq!(
+        r.aggregated_fact_kinds,
+        vec![
+            FactKind::FinancialAccount as i32,
+            FactKind::AccountOutflow as i32
+        ]
+    );
+    // Two sources' fact counts say totals, not accounts.
+    let count = |id: &str| {
+        r.sources
+            .iter()
+            .find(|x| x.source_id == id)
+            .unwrap()
+            .fact_count
+    };
+    assert_eq!(
+        (count("finance-office"), count("rural-commercial-bank")),
+        (1, 2)
+    );
+}
