@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hedui/v1/verification.proto",
         "hedui/v1/audit.proto",
         "hedui/v1/watch.proto",
+        "hedui/v1/consent.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -113,7 +113,9 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
         .disclosures(&specs)
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let verifier = Arc::new(
-        Verifier::new(handles, policies, store, audit, deadlines).with_purposes(disclosures),
+        Verifier::new(handles, policies, store, audit, deadlines)
+            .with_purposes(disclosures)
+            .with_consent_required(config.consent.required),
     );
     verifier
         .close_abandoned()

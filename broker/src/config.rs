@@ -26,6 +26,13 @@
 //! default_deadline_ms = 10000 # when a request sets none
 //! max_deadline_ms = 120000    # longest a request may ask for
 //!
+//! [consent]
+//! required = false            # true: every verification needs a registered
+//!                             # authorization letter of the caller's platform
+//!                             # that covers its purpose and persons, valid
+//!                             # today; otherwise PERMISSION_DENIED before any
+//!                             # source is asked (crate::consent)
+//!
 //! [cache]                     # see crate::guard::config for every key
 //! ttl_s = 600
 //!
@@ -91,6 +98,10 @@ pub struct Config {
     /// Deadlines.
     #[serde(default)]
     pub verification: VerificationConfig,
+    /// Whether verifications need a registered authorization letter
+    /// (`crate::consent`).
+    #[serde(default)]
+    pub consent: crate::consent::ConsentConfig,
     /// Reuse of answers (`crate::guard::config`).
     #[serde(default)]
     pub cache: crate::guard::config::CacheConfig,
@@ -656,6 +667,15 @@ mod tests {
                 .starts_with("r.toml: audit.retention_days: 30 days"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn consent_is_not_required_unless_configured() {
+        assert!(!Config::parse("", "x.toml").unwrap().consent.required);
+        let c = Config::parse("[consent]\nrequired = true\n", "x.toml").unwrap();
+        assert!(c.consent.required);
+        let e = Config::parse("[consent]\nrequire = true\n", "c.toml").unwrap_err();
+        assert!(e.to_string().contains("require"), "{e}");
     }
 
     #[test]

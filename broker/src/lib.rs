@@ -17,6 +17,8 @@
 //! - [`store`]: where reports are kept (SQLite).
 //! - [`audit`]: the audit log: every access, durable before the answer
 //!   leaves, tamper-evident (SQLite or PostgreSQL).
+//! - [`consent`]: authorization letters (授权书): registration, and the
+//!   check that a verification is covered by one.
 //! - [`security`]: roles, and the one place a call without its role is
 //!   refused.
 //! - [`server`]: the gRPC API and the single place errors become statuses.
@@ -30,6 +32,7 @@ pub mod app;
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod consent;
 pub mod guard;
 pub mod render;
 pub mod report;

@@ -10,6 +10,7 @@
 //!   against one configured source.
 //! - `hedui verify <ID> --consent REF --operator OP`: asks a running broker.
 //! - `hedui report <REPORT-ID>`: prints a stored report.
+//! - `hedui consent register|show|revoke`: authorization letters (授权书).
 //! - `hedui audit query|export|verify|prove|purge`: the audit log.
 //! - `hedui bench-audit`: the audit log's benchmark.
 
@@ -120,6 +121,9 @@ enum Command {
         #[command(flatten)]
         connect: client::Connect,
     },
+    /// Authorization letters (授权书): register, show, revoke.
+    #[command(subcommand)]
+    Consent(hedui::consent::cli::ConsentCommand),
     /// The audit log: query, export, verify, prove, purge.
     #[command(subcommand)]
     Audit(hedui::audit::cli::AuditCommand),
@@ -515,6 +519,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             connect,
         } => client::review(&connect, concurrency).await,
+        Command::Consent(command) => hedui::consent::cli::run(command).await,
         Command::BenchAudit(args) => hedui::audit::bench::run(&args).await,
         Command::BenchReview(args) => hedui::watch::bench::run(&args).await,
         Command::Audit(command) => {

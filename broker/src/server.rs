@@ -1,5 +1,6 @@
-//! The gRPC server: `hedui.v1.VerificationService` over a [`Verifier`] and
-//! `hedui.v1.AuditService` over its audit log,
+//! The gRPC server: `hedui.v1.VerificationService` over a [`Verifier`],
+//! `hedui.v1.ConsentService` over its letters and `hedui.v1.AuditService`
+//! over its audit log,
 //! with server reflection so generic clients (grpcurl, Postman) can call it
 //! without the proto files. Errors become statuses here, in one place.
 
@@ -45,13 +46,13 @@ impl VerificationApi {
 pub fn to_status(e: VerifyError) -> Status {
     match e {
         VerifyError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-        VerifyError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
         VerifyError::StoreUnavailable(_) => {
             Status::unavailable("the report store is unavailable; nothing was returned")
         }
         VerifyError::AuditUnavailable(_) => Status::unavailable(
             "the audit log is unavailable; no source was asked or nothing was returned",
         ),
+        VerifyError::PermissionDenied { message } => Status::permission_denied(message),
     }
 }
 
@@ -360,6 +361,11 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let consent = hedui_proto::v1::consent_service_server::ConsentServiceServer::new(
+        crate::consent::service::ConsentApi::new(verifier.consents().clone()),
+    )
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let api = VerificationServiceServer::new(VerificationApi::new(verifier))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -368,12 +374,13 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    info!(addr = ?addr, tls = security.is_tls(), "serving hedui.v1.VerificationService, WatchService and AuditService");
+    info!(addr = ?addr, tls = security.is_tls(), "serving hedui.v1.VerificationService, WatchService, ConsentService and AuditService");
     let audit_log = verifier_audit;
     let router = tonic::transport::Server::builder()
         .layer(crate::security::GateLayer(security.gate.clone()))
         .add_service(api)
         .add_service(watch)
+        .add_service(consent)
         .add_service(audit)
         .add_service(reflection);
     match security.tls {

@@ -10,6 +10,12 @@
 //! can take records ([`crate::audit::AuditLog::ready`]), and no report
 //! leaves before its record is committed. Refused requests are recorded
 //! too ([`Verifier::deny`]).
+//!
+//! When the configuration requires registered consent (`[consent]`), the
+//! authorization letter the request names is checked right after the audit
+//! log is known to be ready and before any source is asked; the members
+//! household registration finds are checked before any other source is
+//! asked ([`crate::consent`]).
 
 use std::{
     sync::Arc,
@@ -64,13 +70,6 @@ pub enum VerifyError {
         /// What is wrong with it.
         message: String,
     },
-    /// The caller may not make this request (a purpose its certificate is
-    /// not given); nothing was asked.
-    #[error("{message}")]
-    PermissionDenied {
-        /// What is not allowed, naming the field.
-        message: String,
-    },
     /// The report could not be stored; nothing was returned.
     #[error("report store unavailable")]
     StoreUnavailable(#[source] crate::store::StoreError),
@@ -78,6 +77,28 @@ pub enum VerifyError {
     /// report was not returned.
     #[error("audit log unavailable")]
     AuditUnavailable(#[source] AuditError),
+    /// The caller may not do this: a purpose its certificate is not given,
+    /// or an authorization letter that does not cover the request
+    /// (`[consent] required`). The message names what is wrong; no source
+    /// other than household registration was asked.
+    #[error("{message}")]
+    PermissionDenied {
+        /// What is wrong, e.g. `consent_reference: letter SQ-1 does not
+        /// cover purpose medical_assistance`.
+        message: String,
+    },
+}
+
+impl VerifyError {
+    /// The outcome a refusal with this error is recorded with in the audit
+    /// log: the gRPC code's name, as [`crate::server::to_status`] maps it.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            VerifyError::InvalidArgument { .. } => "invalid_argument",
+            VerifyError::PermissionDenied { .. } => "permission_denied",
+            VerifyError::StoreUnavailable(_) | VerifyError::AuditUnavailable(_) => "unavailable",
+        }
+    }
 }
 
 /// Who calls: the identity recorded in the audit log, its roles and, for
@@ -128,6 +149,12 @@ impl Caller {
             slot: None,
             on_behalf_of: None,
         }
+    }
+
+    /// The platform whose letters cover this caller's verifications: the
+    /// client whose case it is ([`Caller::owner`]).
+    pub fn consent_owner(&self) -> &str {
+        self.owner()
     }
 }
 
@@ -264,6 +291,11 @@ pub struct Verifier {
     /// Per purpose number, what it may see (`[purposes]`); absent: every
     /// source and every fact kind.
     disclosures: std::collections::BTreeMap<i32, Arc<Disclosure>>,
+    /// The registered authorization letters.
+    consents: crate::consent::Consents,
+    /// Whether a verification needs a registered letter that covers it
+    /// (`[consent] required`).
+    consent_required: bool,
 }
 
 /// A request that passed validation, with its effective deadline.
@@ -291,6 +323,7 @@ impl Verifier {
             .iter()
             .position(|s| s.spec.id == HOUSEHOLD_SOURCE)
             .expect("the household source is configured");
+        let consents = crate::consent::Consents::new(store.pool().clone(), audit.clone());
         Self {
             sources,
             household,
@@ -300,6 +333,8 @@ impl Verifier {
             deadlines,
             watchers: Watchers::default(),
             disclosures: std::collections::BTreeMap::new(),
+            consents,
+            consent_required: false,
         }
     }
 
@@ -324,9 +359,22 @@ impl Verifier {
         self.disclosures.get(&purpose).cloned()
     }
 
+    /// Requires (or not) a registered authorization letter that covers
+    /// every verification (`[consent] required`).
+    #[must_use]
+    pub fn with_consent_required(mut self, required: bool) -> Self {
+        self.consent_required = required;
+        self
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The registered authorization letters.
+    pub fn consents(&self) -> &crate::consent::Consents {
+        &self.consents
     }
 
     /// Records a refused request and gives back the error to return: the
@@ -339,14 +387,33 @@ impl Verifier {
         request: Option<&VerificationRequest>,
         error: VerifyError,
     ) -> VerifyError {
+        let entry = self.denied_entry(caller, request, &error);
+        self.record_denial(entry, error).await
+    }
+
+    /// Records the refusal `entry`; gives back `error`, or
+    /// [`VerifyError::AuditUnavailable`] when it could not be recorded.
+    async fn record_denial(&self, entry: Entry, error: VerifyError) -> VerifyError {
+        match self.audit.record(entry).await {
+            Ok(_) => error,
+            Err(e) => {
+                warn!(error = %e, "refused request not recorded; answering unavailable");
+                VerifyError::AuditUnavailable(e)
+            }
+        }
+    }
+
+    /// The audit entry of a refused request (see [`Verifier::deny`]).
+    fn denied_entry(
+        &self,
+        caller: &Caller,
+        request: Option<&VerificationRequest>,
+        error: &VerifyError,
+    ) -> Entry {
         let mut entry = Entry::new(Kind::Denied);
         entry.request_id = uuid::Uuid::new_v4().to_string();
         entry.client = caller.identity.clone();
-        entry.outcome = match &error {
-            VerifyError::PermissionDenied { .. } => "permission_denied",
-            _ => "invalid_argument",
-        }
-        .into();
+        entry.outcome = error.outcome().into();
         entry.detail = scrub(&error.to_string(), 200);
         if let Some(r) = request {
             let today = china_today();
@@ -359,13 +426,38 @@ impl Verifier {
             entry.consent_reference = scrub(&r.consent_reference, MAX_CONSENT_REFERENCE);
             entry.purpose = purpose_name(r.purpose);
         }
-        match self.audit.record(entry).await {
-            Ok(_) => error,
-            Err(e) => {
-                warn!(error = %e, "refused request not recorded; answering unavailable");
-                VerifyError::AuditUnavailable(e)
-            }
-        }
+        entry
+    }
+
+    /// Refuses a request whose authorization letter does not cover a
+    /// member household registration found: recorded as a refusal that
+    /// lists the household source (the only one asked) and every person
+    /// concerned.
+    async fn deny_member(
+        &self,
+        caller: &Caller,
+        request: &VerificationRequest,
+        household_outcome: &SourceOutcome,
+        household: &crate::report::household::Household,
+        error: VerifyError,
+    ) -> VerifyError {
+        let mut entry = self.denied_entry(caller, Some(request), &error);
+        let key = self.audit.subject_key();
+        let mut ids: Vec<&String> = std::iter::once(&request.applicant_id)
+            .chain(household.members.iter().map(|m| &m.person_id))
+            .chain(request.declared_member_ids.iter())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        entry.subjects = ids.into_iter().map(|id| key.subject(id)).collect();
+        let r = &household_outcome.result;
+        entry.sources = vec![SourceEntry {
+            id: r.source_id.clone(),
+            status: status_name(r.status),
+            cache_hit: r.from_cache,
+            facts: r.fact_count,
+        }];
+        self.record_denial(entry, error).await
     }
 
     /// The longest deadline a request may set.
@@ -467,7 +559,12 @@ impl Verifier {
     /// # Errors
     /// [`VerifyError::AuditUnavailable`] when the audit log cannot take the
     /// record (before any source is called when it is down already);
-    /// [`VerifyError::StoreUnavailable`] when the report cannot be stored.
+    /// [`VerifyError::PermissionDenied`] when consent is required and the
+    /// letter does not cover the request (before any source is called) or
+    /// a member household registration found (before any other source is
+    /// called), recorded as a refusal;
+    /// [`VerifyError::StoreUnavailable`] when the report cannot be stored
+    /// (or the letter cannot be read: no source is called then).
     pub async fn run(
         self: &Arc<Self>,
         valid: ValidRequest,
@@ -499,6 +596,28 @@ impl Verifier {
             warn!(error = %e, "audit log unavailable; no source is called");
             VerifyError::AuditUnavailable(e)
         })?;
+        // 0b. The authorization letter, when one is required: no source is
+        // asked for a request it does not cover.
+        let letter = if self.consent_required {
+            let owner = caller.consent_owner();
+            let letter = self
+                .consents
+                .get(owner, &request.consent_reference)
+                .await
+                .map_err(|e| {
+                    warn!(error = %e, "consent store unavailable; no source is called");
+                    VerifyError::StoreUnavailable(e)
+                })?;
+            if let Err(message) =
+                crate::consent::check_request(letter.as_ref(), &request, crate::time::china_date())
+            {
+                let e = VerifyError::PermissionDenied { message };
+                return Err(self.deny(caller, Some(&request), e).await);
+            }
+            letter
+        } else {
+            None
+        };
         let deadline = Instant::now() + timeout;
         let report_id = uuid::Uuid::new_v4().to_string();
         let purpose = request.purpose();
@@ -528,6 +647,16 @@ impl Verifier {
         let household_outcome =
             restricted(disclosure.as_deref(), household_source, household_outcome);
         let household = resolve_household(&request.applicant_id, &household_outcome);
+        // Every active member is asked about from here on: each must be
+        // covered by the letter too.
+        if let Some(letter) = &letter
+            && let Err(message) = crate::consent::check_members(letter, &household)
+        {
+            let e = VerifyError::PermissionDenied { message };
+            return Err(self
+                .deny_member(caller, &request, &household_outcome, &household, e)
+                .await);
+        }
         // A streaming caller learns the members and each source's outcome
         // before the report: the access is recorded before any of it
         // leaves. Unary callers get everything at once, after the
@@ -1088,7 +1217,10 @@ fn non_negative(d: &prost_types::Duration) -> Option<Duration> {
     Duration::try_from(*d).ok()
 }
 
-fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), VerifyError> {
+/// Checks required caller text: not blank, at most `max` characters, no
+/// control characters; [`VerifyError::InvalidArgument`] naming `field`
+/// otherwise.
+pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), VerifyError> {
     if value.trim().is_empty() {
         return Err(invalid(field, "is required"));
     }

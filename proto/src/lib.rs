@@ -9,6 +9,8 @@
 //! - `hedui/v1/verification.proto`: `VerificationService` and the report.
 //! - `hedui/v1/watch.proto`: `WatchService`, households under management
 //!   and their alerts.
+//! - `hedui/v1/consent.proto`: `ConsentService`, the authorization letters
+//!   (授权书) verifications name.
 //! - `hedui/v1/audit.proto`: `AuditService`, the access log for auditors
 //!   and for households.
 //!
@@ -116,5 +118,6 @@ mod tests {
             .collect();
         assert!(services.contains(&"VerificationService".to_owned()));
         assert!(services.contains(&"AdapterService".to_owned()));
+        assert!(services.contains(&"ConsentService".to_owned()));
     }
 }

@@ -144,6 +144,10 @@ pub enum KindArg {
     FederationLookup,
     /// A report completed after late answers.
     ReportCompleted,
+    /// An authorization letter registered.
+    ConsentRegistered,
+    /// An authorization letter revoked.
+    ConsentRevoked,
 }
 
 /// Export formats.
@@ -194,6 +198,8 @@ impl FilterArgs {
                     KindArg::VerificationStarted => AuditRecordKind::VerificationStarted,
                     KindArg::FederationLookup => AuditRecordKind::FederationLookup,
                     KindArg::ReportCompleted => AuditRecordKind::ReportCompleted,
+                    KindArg::ConsentRegistered => AuditRecordKind::ConsentRegistered,
+                    KindArg::ConsentRevoked => AuditRecordKind::ConsentRevoked,
                 }) as i32
             }),
             from_time: self

@@ -40,11 +40,15 @@ pub enum Kind {
     FederationLookup,
     /// A report completed after late answers.
     ReportCompleted,
+    /// An authorization letter registered (`ConsentService`).
+    ConsentRegistered,
+    /// An authorization letter revoked (`ConsentService`).
+    ConsentRevoked,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Verification,
         Kind::Denied,
         Kind::ReportRead,
@@ -54,6 +58,8 @@ impl Kind {
         Kind::VerificationStarted,
         Kind::FederationLookup,
         Kind::ReportCompleted,
+        Kind::ConsentRegistered,
+        Kind::ConsentRevoked,
     ];
 
     /// The kind's name, as stored.
@@ -68,6 +74,8 @@ impl Kind {
             Kind::VerificationStarted => "verification_started",
             Kind::FederationLookup => "federation_lookup",
             Kind::ReportCompleted => "report_completed",
+            Kind::ConsentRegistered => "consent_registered",
+            Kind::ConsentRevoked => "consent_revoked",
         }
     }
 

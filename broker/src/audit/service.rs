@@ -140,6 +140,8 @@ fn kind_to_proto(kind: Kind) -> AuditRecordKind {
         Kind::VerificationStarted => AuditRecordKind::VerificationStarted,
         Kind::FederationLookup => AuditRecordKind::FederationLookup,
         Kind::ReportCompleted => AuditRecordKind::ReportCompleted,
+        Kind::ConsentRegistered => AuditRecordKind::ConsentRegistered,
+        Kind::ConsentRevoked => AuditRecordKind::ConsentRevoked,
     }
 }
 
@@ -158,6 +160,8 @@ fn kind_from_proto(kind: i32) -> Result<Option<Kind>, AuditError> {
             AuditRecordKind::VerificationStarted => Some(Kind::VerificationStarted),
             AuditRecordKind::FederationLookup => Some(Kind::FederationLookup),
             AuditRecordKind::ReportCompleted => Some(Kind::ReportCompleted),
+            AuditRecordKind::ConsentRegistered => Some(Kind::ConsentRegistered),
+            AuditRecordKind::ConsentRevoked => Some(Kind::ConsentRevoked),
         },
     )
 }

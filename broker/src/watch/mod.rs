@@ -390,7 +390,23 @@ impl Watch {
         let mut updates = Vec::new();
         for row in enrolments {
             let enrolled = Enrolled::from_row(row)?;
-            updates.push(self.reverify(&enrolled, Some(event)).await?);
+            match self.reverify(&enrolled, Some(event)).await {
+                Ok(update) => updates.push(update),
+                // The platform's letter no longer covers the household
+                // (expired, revoked, a new member): the refusal is in the
+                // audit log; the household is not re-verified and this
+                // event is handled for the others. Trying again on a
+                // redelivery would be refused again.
+                Err(WatchError::Verify(VerifyError::PermissionDenied { message })) => {
+                    warn!(
+                        enrolment = %enrolled.enrolment_id,
+                        client = %enrolled.client,
+                        reason = %message,
+                        "household under management not re-verified: consent refused"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut raised = Vec::new();
         // One transaction: the event handled, the alerts, the new
