@@ -8,6 +8,9 @@
 //! endpoint = "http://10.1.2.3:7001"   # where the department serves
 //! connect_timeout_ms = 1000           # optional, default 1000
 //! max_answer_bytes = 16777216         # optional, default 16 MiB
+//! # optional, per source (see [`crate::auth`]); tls needs an https:// endpoint
+//! tls = { ca = "/etc/hedui/dept-ca.pem", cert = "/etc/hedui/client.pem", key = "/etc/hedui/client-key.pem" }
+//! auth = { bearer_token_file = "/run/secrets/hedui-dept-token" }
 //! ```
 //!
 //! A source over its limits answers `RESOURCE_EXHAUSTED`, with a
@@ -26,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     Adapter, AdapterError, LookupContext,
     answer::check_answer,
+    auth::{BearerParams, Credentials, TlsParams},
     catalog::SourceSpec,
     registry::{AdapterFactory, BuildError, parse_params},
 };
@@ -45,6 +49,25 @@ pub struct GrpcParams {
     /// Largest answer accepted, in bytes; a larger one is unusable.
     #[serde(default = "default_max_answer_bytes")]
     pub max_answer_bytes: usize,
+    /// Client TLS (and mutual TLS) toward the source; needs `https://`.
+    #[serde(default)]
+    pub tls: Option<TlsParams>,
+    /// Where the bearer token sent with every call comes from.
+    #[serde(default)]
+    pub auth: Option<BearerParams>,
+}
+
+impl GrpcParams {
+    /// Parameters for a plain endpoint with the defaults.
+    pub fn plain(endpoint: impl Into<String>) -> Self {
+        GrpcParams {
+            endpoint: endpoint.into(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            max_answer_bytes: MAX_ANSWER_BYTES,
+            tls: None,
+            auth: None,
+        }
+    }
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -61,6 +84,69 @@ pub struct GrpcAdapter {
     source_id: String,
     fact_kinds: Vec<FactKind>,
     client: AdapterServiceClient<Channel>,
+    /// `Bearer <token>`, sent with every call; marked sensitive, and its
+    /// `Debug` does not print it.
+    authorization: Option<Authorization>,
+    /// How the source is reached, said in transport errors (see
+    /// [`over_of`]).
+    over: &'static str,
+}
+
+/// The `authorization` metadata of a source: `Debug` never prints it.
+#[derive(Clone)]
+pub(crate) struct Authorization(pub(crate) tonic::metadata::AsciiMetadataValue);
+
+impl std::fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer Secret(…)")
+    }
+}
+
+impl Authorization {
+    /// Adds the header to a call.
+    pub(crate) fn apply<T>(opt: Option<&Self>, req: &mut tonic::Request<T>) {
+        if let Some(a) = opt {
+            req.metadata_mut().insert("authorization", a.0.clone());
+        }
+    }
+}
+
+/// How a source is reached, for transport errors: over TLS a refused
+/// client certificate may surface as a reset or a broken pipe rather than
+/// as the server's alert (TLS 1.3 checks it after the client's handshake
+/// is done), so the error says that the connection was TLS and whether a
+/// client certificate was offered.
+pub(crate) fn over_of(tls: Option<&crate::auth::LoadedTls>) -> &'static str {
+    match tls {
+        None => "",
+        Some(t) if t.identity_pem.is_some() => " over TLS",
+        Some(_) => " over TLS (no client certificate configured)",
+    }
+}
+
+/// The endpoint of a source with its credentials: reads the `tls` and
+/// `auth` files once; also says how the source is reached ([`over_of`]).
+pub(crate) fn secured_endpoint(
+    endpoint: &str,
+    connect_timeout_ms: u64,
+    tls: Option<&TlsParams>,
+    auth: Option<&BearerParams>,
+) -> Result<(Endpoint, Option<Authorization>, &'static str), String> {
+    let creds = Credentials::load("endpoint", endpoint, tls, auth)?;
+    let mut ep = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| format!("endpoint {endpoint:?} is not a valid URL: {e}"))?
+        .connect_timeout(Duration::from_millis(connect_timeout_ms))
+        .tcp_nodelay(true);
+    if let Some(t) = &creds.tls {
+        ep = ep
+            .tls_config(TlsParams::tonic_config(t))
+            .map_err(|e| format!("tls: {}", crate::auth::describe_chain(&e)))?;
+    }
+    Ok((
+        ep,
+        creds.grpc_authorization().map(Authorization),
+        over_of(creds.tls.as_ref()),
+    ))
 }
 
 impl GrpcAdapter {
@@ -69,13 +155,16 @@ impl GrpcAdapter {
     /// # Errors
     /// [`BuildError::Params`] when the endpoint is not a valid URL.
     pub fn new(source: &SourceSpec, params: &GrpcParams) -> Result<Self, BuildError> {
-        let endpoint = Endpoint::from_shared(params.endpoint.clone())
-            .map_err(|e| BuildError::Params {
-                kind: "grpc".into(),
-                message: format!("endpoint {:?} is not a valid URL: {e}", params.endpoint),
-            })?
-            .connect_timeout(Duration::from_millis(params.connect_timeout_ms))
-            .tcp_nodelay(true);
+        let (endpoint, authorization, over) = secured_endpoint(
+            &params.endpoint,
+            params.connect_timeout_ms,
+            params.tls.as_ref(),
+            params.auth.as_ref(),
+        )
+        .map_err(|message| BuildError::Params {
+            kind: "grpc".into(),
+            message,
+        })?;
         if params.max_answer_bytes == 0 || params.max_answer_bytes > MAX_ANSWER_BYTES {
             return Err(BuildError::Params {
                 kind: "grpc".into(),
@@ -88,6 +177,8 @@ impl GrpcAdapter {
             source_id: source.id.clone(),
             fact_kinds: source.fact_kinds.clone(),
             client,
+            authorization,
+            over,
         })
     }
 }
@@ -112,10 +203,11 @@ impl Adapter for GrpcAdapter {
         // sent as `grpc-timeout` so the department stops working when the
         // broker stops waiting.
         req.set_timeout(remaining);
+        Authorization::apply(self.authorization.as_ref(), &mut req);
         let mut client = self.client.clone();
         let response = match tokio::time::timeout_at(ctx.deadline, client.lookup(req)).await {
             Err(_) => return Err(AdapterError::Timeout),
-            Ok(Err(status)) => return Err(classify(&status)),
+            Ok(Err(status)) => return Err(classify(&status, self.over)),
             Ok(Ok(r)) => r.into_inner(),
         };
         check_answer(&request, &response, &self.fact_kinds)?;
@@ -127,19 +219,20 @@ impl Adapter for GrpcAdapter {
             source_id: self.source_id.clone(),
         });
         req.set_timeout(Duration::from_secs(5));
+        Authorization::apply(self.authorization.as_ref(), &mut req);
         self.client
             .clone()
             .check(req)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| classify(&s))
+            .map_err(|s| classify(&s, self.over))
     }
 }
 
 /// Reads a status from the remote source; transport failures (connection
 /// refused, reset) come back from tonic as `UNAVAILABLE` or `UNKNOWN` with a
 /// source error, and are unavailability, not an error of the department.
-fn classify(status: &tonic::Status) -> AdapterError {
+fn classify(status: &tonic::Status, over: &str) -> AdapterError {
     use std::error::Error;
     // The channel enforces `grpc-timeout` itself and reports its expiry as
     // CANCELLED carrying `TimeoutExpired`: that is a timeout, not an outage.
@@ -154,7 +247,10 @@ fn classify(status: &tonic::Status) -> AdapterError {
         .source()
         .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
     if transport_failure {
-        return AdapterError::Unavailable(format!("cannot reach the source: {}", status.message()));
+        return AdapterError::Unavailable(format!(
+            "cannot reach the source{over}: {}",
+            transport_cause(status)
+        ));
     }
     if status.code() == tonic::Code::OutOfRange || status.code() == tonic::Code::Internal {
         // A message too large or one that does not decode is an unusable
@@ -176,6 +272,23 @@ fn classify(status: &tonic::Status) -> AdapterError {
     AdapterError::from_status(status)
 }
 
+/// The words of a transport failure: its message and its causes, where a
+/// TLS handshake's failure (an unknown CA, a certificate refused) is said.
+pub(crate) fn transport_cause(status: &tonic::Status) -> String {
+    use std::error::Error;
+    match status.source() {
+        Some(e) => {
+            let chain = crate::auth::describe_chain(e);
+            if chain.contains(status.message()) {
+                chain
+            } else {
+                format!("{}: {chain}", status.message())
+            }
+        }
+        None => status.message().to_owned(),
+    }
+}
+
 /// The factory of the `grpc` transport.
 #[derive(Debug, Clone, Copy)]
 pub struct GrpcFactory;
@@ -192,5 +305,185 @@ impl AdapterFactory for GrpcFactory {
     ) -> Result<Arc<dyn Adapter>, BuildError> {
         let params: GrpcParams = parse_params("grpc", params)?;
         Ok(Arc::new(GrpcAdapter::new(source, &params)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hedui_proto::v1::PersonAnswer;
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+    use crate::{
+        auth::Secret,
+        catalog::Catalog,
+        registry::Registry,
+        server::{AdapterServer, ServerAuth},
+    };
+
+    fn spec() -> SourceSpec {
+        Catalog::dachuan().get("employment").unwrap().clone()
+    }
+
+    fn build(text: &str) -> Result<Arc<dyn Adapter>, String> {
+        let t: crate::registry::TransportConfig = toml::from_str(text).unwrap();
+        Registry::with_builtin()
+            .build(&spec(), &t)
+            .map_err(|e| e.to_string())
+    }
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("hedui-grpc-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn credentials_are_checked_when_built_and_name_the_parameter() {
+        for kind in ["grpc", "peer"] {
+            let extra = if kind == "peer" {
+                "sources = ['employment']\n"
+            } else {
+                ""
+            };
+            let e = |rest: &str| build(&format!("type = '{kind}'\n{extra}{rest}")).unwrap_err();
+            let m = e("endpoint = 'http://127.0.0.1:9'\nauth = { bearer_token = 'inl1ne-s3cret' }");
+            assert!(
+                m.starts_with(&format!("transport \"{kind}\": auth.bearer_token: ")),
+                "{m}"
+            );
+            assert!(m.contains("files or the environment"), "{m}");
+            assert!(!m.contains("inl1ne-s3cret"), "{m}");
+            let m = e("endpoint = 'https://127.0.0.1:9'");
+            assert!(m.contains("tls: required for the https:// endpoint"), "{m}");
+            let m = e("endpoint = 'http://127.0.0.1:9'\ntls = { ca = '/ca.pem' }");
+            assert!(
+                m.contains("endpoint: \"http://127.0.0.1:9\" must start with https://"),
+                "{m}"
+            );
+            let m = e("endpoint = 'https://127.0.0.1:9'\ntls = { ca = '/no/such/ca.pem' }");
+            assert!(
+                m.ends_with("tls.ca: cannot read /no/such/ca.pem: no such file"),
+                "{m}"
+            );
+            let m =
+                e("endpoint = 'http://127.0.0.1:9'\nauth = { bearer_token_file = '/no/such/t' }");
+            assert!(
+                m.ends_with("auth.bearer_token_file: cannot read /no/such/t: no such file"),
+                "{m}"
+            );
+            let m = e(
+                "endpoint = 'http://127.0.0.1:9'\nauth = { bearer_token_env = 'HEDUI_TEST_SURELY_UNSET_TOKEN' }",
+            );
+            assert!(m.contains("auth.bearer_token_env: environment variable HEDUI_TEST_SURELY_UNSET_TOKEN is not set"), "{m}");
+            let m = e("endpoint = 'http://127.0.0.1:9'\nauth = { bearer_token_fil = '/x' }");
+            assert!(m.contains("bearer_token_fil"), "{m}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_token_is_not_in_debug_output() {
+        let dir = scratch("debug");
+        let path = dir.join("token");
+        std::fs::write(&path, "d3bug-s3cret").unwrap();
+        for kind in ["grpc", "peer"] {
+            let extra = if kind == "peer" {
+                "sources = ['employment']\n"
+            } else {
+                ""
+            };
+            let a = build(&format!(
+                "type = '{kind}'\n{extra}endpoint = 'http://127.0.0.1:9'\nauth = {{ bearer_token_file = {path:?} }}"
+            ))
+            .unwrap();
+            let text = format!("{a:?}");
+            assert!(!text.contains("d3bug-s3cret"), "{text}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Answers every person with no record.
+    #[derive(Debug)]
+    struct Nobody;
+
+    #[async_trait]
+    impl Adapter for Nobody {
+        fn source_id(&self) -> &str {
+            "employment"
+        }
+
+        async fn lookup(
+            &self,
+            _ctx: &LookupContext,
+            request: LookupRequest,
+        ) -> Result<LookupResponse, AdapterError> {
+            Ok(LookupResponse {
+                answers: request
+                    .person_ids
+                    .iter()
+                    .map(|p| PersonAnswer {
+                        person_id: p.clone(),
+                        facts: Vec::new(),
+                    })
+                    .collect(),
+                as_of: Some(prost_types::Timestamp::default()),
+            })
+        }
+
+        async fn check(&self) -> Result<CheckResponse, AdapterError> {
+            Ok(CheckResponse {
+                serving: true,
+                fact_kinds: Vec::new(),
+                detail: String::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_token_is_sent_and_a_wrong_one_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let auth = ServerAuth::none().with_token(Secret::new("r1ght-token"));
+        let service =
+            auth.wrap(AdapterServer::new([Arc::new(Nobody) as Arc<dyn Adapter>]).into_service());
+        tokio::spawn(
+            auth.server()
+                .unwrap()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let dir = scratch("call");
+        let ask = |token: Option<&str>| {
+            let auth = token.map(|t| {
+                let p = dir.join(format!("token-{t}"));
+                std::fs::write(&p, t).unwrap();
+                format!("auth = {{ bearer_token_file = {p:?} }}")
+            });
+            build(&format!(
+                "type = 'grpc'\nendpoint = 'http://{addr}'\n{}",
+                auth.unwrap_or_default()
+            ))
+            .unwrap()
+        };
+        let req = LookupRequest {
+            source_id: "employment".into(),
+            person_ids: vec!["110105194912310021".into()],
+            ..Default::default()
+        };
+        let ctx = LookupContext::with_timeout(Duration::from_secs(5));
+        let ok = ask(Some("r1ght-token"))
+            .lookup(&ctx, req.clone())
+            .await
+            .unwrap();
+        assert_eq!(ok.answers.len(), 1);
+        for token in [Some("wr0ng-token"), None] {
+            let e = ask(token).lookup(&ctx, req.clone()).await.unwrap_err();
+            let m = e.to_string();
+            assert!(matches!(e, AdapterError::Rejected(_)), "{m}");
+            assert!(m.contains("authentication"), "{m}");
+            assert!(!m.contains("r1ght") && !m.contains("wr0ng"), "{m}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -25,10 +25,14 @@
 //! - [`server`]: serves any [`Adapter`] as `hedui.v1.AdapterService`, for a
 //!   department that writes its adapter in Rust and for the simulated
 //!   agencies.
+//! - [`auth`]: authentication toward sources: client TLS (mutual or not)
+//!   and bearer tokens, per source, with secrets from files or the
+//!   environment only.
 //! - [`answer`]: checks an answer against its request before the broker
 //!   trusts it.
 
 pub mod answer;
+pub mod auth;
 pub mod catalog;
 pub mod conformance;
 pub mod error;

@@ -15,6 +15,9 @@
 //! endpoint = "http://10.8.0.2:50052"    # the peer's federation listener
 //! sources = ["forestry"]                # the peer's sources this one stands for
 //! connect_timeout_ms = 1000             # optional
+//! # optional (see [`crate::auth`]); tls needs an https:// endpoint
+//! tls = { ca = "/etc/hedui/city-ca.pem", cert = "/etc/hedui/client.pem", key = "/etc/hedui/client-key.pem" }
+//! auth = { bearer_token_env = "HEDUI_TOKEN_CITY" }
 //! ```
 //!
 //! **Provenance.** The peer writes every record id it passes on as
@@ -47,17 +50,14 @@ use hedui_proto::v1::{
 };
 use serde::Deserialize;
 use tokio::sync::OnceCell;
-use tonic::{
-    Request, Response, Status,
-    metadata::MetadataValue,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Request, Response, Status, metadata::MetadataValue, transport::Channel};
 
 use crate::{
     Adapter, AdapterError, LookupContext,
     answer::check_answer,
+    auth::{BearerParams, TlsParams},
     catalog::SourceSpec,
-    grpc::MAX_ANSWER_BYTES,
+    grpc::{Authorization, MAX_ANSWER_BYTES, secured_endpoint},
     registry::{AdapterFactory, BuildError, parse_params},
     server::{DEFAULT_LOOKUP_TIMEOUT, MAX_PERSONS_PER_LOOKUP, parse_grpc_timeout},
 };
@@ -115,6 +115,12 @@ pub struct PeerParams {
     /// How long to wait for a connection, in milliseconds.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Client TLS (and mutual TLS) toward the peer; needs `https://`.
+    #[serde(default)]
+    pub tls: Option<TlsParams>,
+    /// Where the bearer token sent with every call comes from.
+    #[serde(default)]
+    pub auth: Option<BearerParams>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -130,6 +136,10 @@ pub struct PeerAdapter {
     endpoint: String,
     remote: Vec<String>,
     client: AdapterServiceClient<Channel>,
+    /// `Bearer <token>` sent with every call (never printed).
+    authorization: Option<Authorization>,
+    /// How the peer is reached, said in transport errors.
+    over: &'static str,
     /// What each remote source serves, asked once.
     kinds: Arc<OnceCell<HashMap<String, Vec<FactKind>>>>,
 }
@@ -141,12 +151,13 @@ impl fmt::Debug for PeerAdapter {
             .field("broker_id", &self.broker_id)
             .field("endpoint", &self.endpoint)
             .field("remote", &self.remote)
+            .field("authorization", &self.authorization)
             .finish_non_exhaustive()
     }
 }
 
 /// Reads a status from the peer; a loop or a refusal keeps its words.
-fn classify(remote: &str, status: &Status) -> AdapterError {
+fn classify(remote: &str, status: &Status, over: &str) -> AdapterError {
     use std::error::Error;
     let mut cause = status.source();
     while let Some(e) = cause {
@@ -160,8 +171,8 @@ fn classify(remote: &str, status: &Status) -> AdapterError {
         .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
     {
         return AdapterError::Unavailable(format!(
-            "cannot reach the peer broker: {}",
-            status.message()
+            "cannot reach the peer broker{over}: {}",
+            crate::grpc::transport_cause(status)
         ));
     }
     match AdapterError::from_status(status) {
@@ -193,10 +204,12 @@ impl PeerAdapter {
                 return Err(format!("sources: {s:?} is not a source id"));
             }
         }
-        let endpoint = Endpoint::from_shared(params.endpoint.clone())
-            .map_err(|e| format!("endpoint {:?} is not a valid URL: {e}", params.endpoint))?
-            .connect_timeout(Duration::from_millis(params.connect_timeout_ms))
-            .tcp_nodelay(true);
+        let (endpoint, authorization, over) = secured_endpoint(
+            &params.endpoint,
+            params.connect_timeout_ms,
+            params.tls.as_ref(),
+            params.auth.as_ref(),
+        )?;
         let client = AdapterServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_ANSWER_BYTES);
         Ok(PeerAdapter {
@@ -206,6 +219,8 @@ impl PeerAdapter {
             endpoint: params.endpoint.clone(),
             remote: params.sources.clone(),
             client,
+            authorization,
+            over,
             kinds: Arc::new(OnceCell::new()),
         })
     }
@@ -241,10 +256,11 @@ impl PeerAdapter {
                     let mut req = Request::new(CheckRequest { source_id: r.clone() });
                     req.set_timeout(ctx.remaining());
                     req.metadata_mut().insert(VIA_HEADER, self.outgoing_via()?);
+                    Authorization::apply(self.authorization.as_ref(), &mut req);
                     let resp = tokio::time::timeout_at(ctx.deadline, self.client.clone().check(req))
                         .await
                         .map_err(|_| AdapterError::Timeout)?
-                        .map_err(|s| classify(r, &s))?
+                        .map_err(|s| classify(r, &s, self.over))?
                         .into_inner();
                     let kinds: Vec<FactKind> = resp
                         .fact_kinds
@@ -285,10 +301,11 @@ impl PeerAdapter {
         let mut req = Request::new(inner.clone());
         req.set_timeout(ctx.remaining());
         req.metadata_mut().insert(VIA_HEADER, via.clone());
+        Authorization::apply(self.authorization.as_ref(), &mut req);
         let resp =
             match tokio::time::timeout_at(ctx.deadline, self.client.clone().lookup(req)).await {
                 Err(_) => return Err(AdapterError::Timeout),
-                Ok(Err(s)) => return Err(classify(remote, &s)),
+                Ok(Err(s)) => return Err(classify(remote, &s, self.over)),
                 Ok(Ok(r)) => r.into_inner(),
             };
         check_answer(&inner, &resp, kinds)
@@ -375,12 +392,13 @@ impl Adapter for PeerAdapter {
             });
             req.set_timeout(Duration::from_secs(5));
             req.metadata_mut().insert(VIA_HEADER, via.clone());
+            Authorization::apply(self.authorization.as_ref(), &mut req);
             let resp = self
                 .client
                 .clone()
                 .check(req)
                 .await
-                .map_err(|s| classify(r, &s))?
+                .map_err(|s| classify(r, &s, self.over))?
                 .into_inner();
             if !resp.serving {
                 serving = false;

@@ -136,6 +136,80 @@ pub fn spawn(
     })
 }
 
+/// Serves `router` over TLS (`config`, with client certificates required
+/// when it says so) on `listener` until `stop` turns true. Handshakes run
+/// apart from the accept loop, so a client that never finishes one holds
+/// no one else up; a failed handshake is logged and dropped.
+pub fn spawn_tls(
+    listener: TcpListener,
+    router: Router,
+    config: Arc<rustls::ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let addr = listener.local_addr().ok();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let accept = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let shake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+                match shake.await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    let tls_listener = TlsListener { rx, addr };
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|v| *v).await;
+        };
+        if let Err(e) = axum::serve(tls_listener, router)
+            .with_graceful_shutdown(signal)
+            .await
+        {
+            tracing::error!(error = %e, "http agency stopped with an error");
+        }
+        accept.abort();
+    })
+}
+
+/// The TLS connections handshaken by [`spawn_tls`]'s accept loop.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    addr: Option<std::net::SocketAddr>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.addr
+            .ok_or_else(|| std::io::Error::other("the listener has no address"))
+    }
+}
+
 fn deadline(headers: &HeaderMap, name: &str) -> LookupContext {
     let ms = headers
         .get(name)

@@ -22,6 +22,7 @@ use std::{
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
+use hedui_adapters::server::{ServerAuth, ServerAuthFiles};
 use hedui_mock_agencies::{
     Agency,
     population::{DEFAULT_HOUSEHOLDS, DEFAULT_SEED, Population, PopulationConfig, china_today},
@@ -156,6 +157,24 @@ struct ServeArgs {
     /// Subject prefix of change events: `<prefix>.<source_id>`.
     #[arg(long, default_value = "hedui.changes", requires = "nats")]
     nats_subject: String,
+    /// Serves every source (gRPC and REST) over TLS with this PEM
+    /// certificate chain (with --tls-key); the announced endpoints become
+    /// https://. The control service stays plaintext.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Requires every client of a source to present a certificate signed by
+    /// this PEM CA (mutual TLS; needs --tls-cert).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Requires `authorization: Bearer <token>` on every gRPC call to a
+    /// source, the token read from this file (calls without it, or with
+    /// another, get UNAUTHENTICATED). The REST APIs keep their own
+    /// authentication.
+    #[arg(long, value_name = "PATH")]
+    bearer_token_file: Option<PathBuf>,
     /// Keeps serving when standard input closes (by default the end of
     /// standard input stops the process, so that a test's child dies with
     /// the test).
@@ -247,7 +266,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .apply_spec(spec)
             .map_err(|m| anyhow::anyhow!("--fault {source}={spec}: {m}"))?;
     }
+    let auth = ServerAuth::load(
+        &ServerAuthFiles {
+            tls_cert: args.tls_cert.clone(),
+            tls_key: args.tls_key.clone(),
+            tls_client_ca: args.tls_client_ca.clone(),
+            bearer_token_file: args.bearer_token_file.clone(),
+        },
+        |field| format!("--{}", field.replace('_', "-")),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let mut config = ServeConfig::new(args.population.config());
+    config.auth = auth;
     config.host = args.host;
     config.profile = args.profile;
     config.faults = faults.into_iter().collect();

@@ -12,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use hedui_adapters::{Adapter, catalog::Catalog, server::AdapterServer};
+use hedui_adapters::{
+    Adapter,
+    catalog::Catalog,
+    server::{AdapterServer, ServerAuth},
+};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, server::Router};
@@ -40,6 +44,11 @@ pub struct ServeConfig {
     pub faults: Vec<(String, FaultConfig)>,
     /// The sources to simulate.
     pub catalog: Catalog,
+    /// TLS (optionally requiring client certificates) on every source's
+    /// gRPC and REST listener, and a bearer token every gRPC call must
+    /// carry (the REST APIs keep their own authentication). The control
+    /// service stays plaintext and open: it is the tests' own.
+    pub auth: ServerAuth,
 }
 
 impl ServeConfig {
@@ -52,6 +61,7 @@ impl ServeConfig {
             profile: LatencyProfile::Realistic,
             faults: Vec::new(),
             catalog: Catalog::dachuan(),
+            auth: ServerAuth::none(),
         }
     }
 }
@@ -70,6 +80,9 @@ pub enum ServeError {
     /// A fault names a source that is not simulated.
     #[error("fault for unknown source {0:?}")]
     UnknownSource(String),
+    /// The TLS configuration cannot be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// A fault is out of range.
     #[error("fault for {source_id}: {message}")]
     BadFault {
@@ -90,6 +103,8 @@ pub struct RunningAgencies {
     population: Arc<Population>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// `https` when the sources are served over TLS, else `http`.
+    scheme: &'static str,
 }
 
 impl fmt::Debug for RunningAgencies {
@@ -178,7 +193,10 @@ impl RunningAgencies {
                 host: config.host,
                 source,
             })?;
-            tasks.push(http::spawn(listener, router, stop.clone()));
+            tasks.push(match config.auth.rustls_config() {
+                Some(tls) => http::spawn_tls(listener, router, tls, stop.clone()),
+                None => http::spawn(listener, router, stop.clone()),
+            });
             http_addrs.push((id, addr));
         }
         for source in sources {
@@ -195,7 +213,11 @@ impl RunningAgencies {
             let service = AdapterServer::new([adapter])
                 .into_service()
                 .max_encoding_message_size(usize::MAX);
-            let router = Server::builder().add_service(service);
+            let router = config
+                .auth
+                .server()
+                .map_err(|e| ServeError::Tls(e.to_string()))?
+                .add_service(config.auth.wrap(service));
             tasks.push(spawn_server(id.clone(), listener, router, stop.clone()));
             addrs.push((id, addr));
         }
@@ -222,6 +244,7 @@ impl RunningAgencies {
             population,
             shutdown,
             tasks,
+            scheme: config.auth.scheme(),
         })
     }
 
@@ -245,7 +268,7 @@ impl RunningAgencies {
         self.sources
             .iter()
             .find(|(id, _)| id == source_id)
-            .map(|(_, a)| format!("http://{a}"))
+            .map(|(_, a)| format!("{}://{a}", self.scheme))
     }
 
     /// Every source with a REST API, with its address.
@@ -253,12 +276,13 @@ impl RunningAgencies {
         &self.http
     }
 
-    /// URL of a source's REST API, e.g. `http://127.0.0.1:40124`.
+    /// URL of a source's REST API, e.g. `http://127.0.0.1:40124`
+    /// (`https://` when served over TLS).
     pub fn http_endpoint(&self, source_id: &str) -> Option<String> {
         self.http
             .iter()
             .find(|(id, _)| id == source_id)
-            .map(|(_, a)| format!("http://{a}"))
+            .map(|(_, a)| format!("{}://{a}", self.scheme))
     }
 
     /// The handles of the sources (counters, faults, latency).
@@ -272,7 +296,9 @@ impl RunningAgencies {
     }
 
     /// The sources as the broker's configuration takes them: one
-    /// `[[sources]]` table per source with a `grpc` transport.
+    /// `[[sources]]` table per source with a `grpc` transport. Over TLS the
+    /// endpoints are `https://` and the broker's entries still need their
+    /// `tls` (and `auth`) blocks.
     pub fn sources_toml(&self) -> String {
         let mut out = String::new();
         for (i, (id, addr)) in self.sources.iter().enumerate() {
@@ -281,7 +307,8 @@ impl RunningAgencies {
             }
             writeln!(
                 out,
-                "[[sources]]\nid = \"{id}\"\n[sources.transport]\ntype = \"grpc\"\nendpoint = \"http://{addr}\""
+                "[[sources]]\nid = \"{id}\"\n[sources.transport]\ntype = \"grpc\"\nendpoint = \"{}://{addr}\"",
+                self.scheme
             )
             .expect("writing to a string");
         }
@@ -293,7 +320,7 @@ impl RunningAgencies {
     pub fn ready_line(&self) -> String {
         let map = |v: &[(String, SocketAddr)]| -> serde_json::Map<String, serde_json::Value> {
             v.iter()
-                .map(|(id, a)| (id.clone(), format!("http://{a}").into()))
+                .map(|(id, a)| (id.clone(), format!("{}://{a}", self.scheme).into()))
                 .collect()
         };
         serde_json::json!({
@@ -387,6 +414,8 @@ mod tests {
                     endpoint: running.endpoint(id).unwrap(),
                     connect_timeout_ms: 1_000,
                     max_answer_bytes: hedui_adapters::grpc::MAX_ANSWER_BYTES,
+                    tls: None,
+                    auth: None,
                 },
             )
             .unwrap()

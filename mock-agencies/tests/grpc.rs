@@ -116,6 +116,8 @@ async fn a_simulated_source_over_grpc() {
             endpoint,
             connect_timeout_ms: 1_000,
             max_answer_bytes: hedui_adapters::grpc::MAX_ANSWER_BYTES,
+            tls: None,
+            auth: None,
         },
     )
     .unwrap();

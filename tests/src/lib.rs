@@ -593,3 +593,50 @@ pub async fn reset_stats(control: &str) -> anyhow::Result<()> {
     c.reset_stats(ResetStatsRequest::default()).await?;
     Ok(())
 }
+
+// === Authentication toward sources (issue 5): a broker from a whole
+// configuration with its log captured ===
+
+impl BrokerProcess {
+    /// Starts `hedui serve` as [`BrokerProcess::start`] does, with its log
+    /// (at `RUST_LOG`, default `debug`) written to `log_file` instead of the
+    /// test's standard error.
+    ///
+    /// # Errors
+    /// When the process does not start or get ready.
+    pub async fn start_logged(
+        config_body: &str,
+        args: &[&str],
+        log_file: &Path,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("hedui.toml");
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"reports.db\"\n\n[verification]\ndefault_deadline_ms = 10000\n\n{config_body}"
+        );
+        std::fs::write(&config_path, config)?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let log = std::fs::File::create(log_file)?;
+        let (child, url, ready) = spawn_hedui(&config_path, |c| {
+            c.args(&args)
+                .current_dir(dir.path())
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+                )
+                .env("NO_COLOR", "1")
+                .stderr(Stdio::from(log));
+        })
+        .await?;
+        Ok(Self {
+            child,
+            url,
+            federation: ready["federation"].as_str().map(|a| format!("http://{a}")),
+            simulation_control: ready["simulation_control"]
+                .as_str()
+                .map(|a| format!("http://{a}")),
+            dir,
+            args,
+        })
+    }
+}

@@ -361,6 +361,8 @@ async fn oversized_answers_over_grpc_are_unusable() {
             endpoint: format!("http://{addr}"),
             connect_timeout_ms: 1_000,
             max_answer_bytes: 64 * 1024,
+            tls: None,
+            auth: None,
         },
     )
     .unwrap();

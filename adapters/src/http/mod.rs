@@ -10,10 +10,11 @@
 //! type = "http"
 //! max_concurrency = 8                  # per-person requests in flight
 //! deadline_header = "X-Timeout-Ms"     # optional: the time left, in ms
-//! auth = { type = "header", name = "Authorization", prefix = "Bearer ", value_env = "HEDUI_PF_TOKEN" }
+//! auth = { bearer_token_file = "/run/secrets/hedui-pf-token" }   # or bearer_token_env
+//! tls = { ca = "/etc/hedui/pf-ca.pem" }   # with an https:// url; cert + key for mutual TLS
 //! [sources.transport.request]
 //! method = "GET"
-//! url = "http://10.20.0.31:8080/gjj/api/v1/accounts"
+//! url = "https://10.20.0.31:8443/gjj/api/v1/accounts"
 //! query = { idcard = "{person_id}" }
 //! [sources.transport.response]
 //! code = "/code"                       # the system's own result code
@@ -30,11 +31,12 @@
 //! body), or, with `request.batch = true`, one request per batch of persons
 //! (`"{person_ids}"` as a JSON body value) whose answer lists the persons
 //! (`response.persons`, each with its id at `response.person_id`). The
-//! facts are mapped by [`crate::mapping`]. Authentication: a header with a
-//! token, or HMAC signing ([`sign`]). The broker's deadline bounds every
-//! request and may be sent along (`deadline_header`). Plain `http://` only:
-//! a department behind TLS is reached through a TLS-terminating proxy on
-//! its side of the network.
+//! facts are mapped by [`crate::mapping`]. Authentication: a bearer token
+//! from a file or the environment (`auth = { bearer_token_file | bearer_token_env }`,
+//! see [`crate::auth`]), a header with a token (`type = "header"`), or HMAC
+//! signing ([`sign`]); TLS (mutual when the `tls` block has `cert` and
+//! `key`) toward an `https://` URL. The broker's deadline bounds every
+//! request and may be sent along (`deadline_header`).
 //!
 //! Statuses: 2xx is an answer; `response.no_record_status` (default 404) in
 //! per-person requests means no record; 400, 401, 403, 404 (batch), 422 are
@@ -44,6 +46,7 @@
 
 pub mod sign;
 mod template;
+mod tls;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -68,9 +71,12 @@ use serde_json::Value as Json;
 pub use template::PLACEHOLDERS;
 use template::{Vars, body_placeholders, percent_encode, placeholders, render, render_body};
 
+use tls::SourceConnector;
+
 use crate::{
     Adapter, AdapterError, LookupContext,
     answer::{MAX_FACTS_PER_PERSON, check_answer},
+    auth::{BearerParams, Credentials, TlsParams},
     catalog::SourceSpec,
     mapping::{FactConfig, FactMapping, JsonRecord, Scalar, check_json_pointer, instant_of},
     registry::{AdapterFactory, BuildError, parse_params},
@@ -87,8 +93,13 @@ pub struct HttpParams {
     /// How to read the answer.
     #[serde(default)]
     pub response: ResponseConfig,
-    /// How the broker proves who it is.
-    pub auth: Option<AuthConfig>,
+    /// How the broker proves who it is: `{ bearer_token_file | bearer_token_env }`,
+    /// or a `type = "header"` / `type = "hmac"` block.
+    #[serde(default, deserialize_with = "http_auth")]
+    pub auth: Option<HttpAuth>,
+    /// Client TLS (and mutual TLS) toward the source; needs `https://`.
+    #[serde(default)]
+    pub tls: Option<TlsParams>,
     /// One mapping per fact kind (or per list of records of a kind).
     pub facts: Vec<HttpFactConfig>,
     /// How long to wait for a connection, in milliseconds.
@@ -252,19 +263,24 @@ pub struct HttpFactConfig {
     pub fields: BTreeMap<String, toml::Value>,
 }
 
-/// How the broker proves who it is.
+/// How the broker proves who it is, as a `type = "header"` or
+/// `type = "hmac"` block. Each secret comes from a file (`*_file`) or an
+/// environment variable (`*_env`); the inline form (`value`, `secret`) is
+/// kept for the test configurations shipped with the simulated agencies and
+/// logs a warning.
 #[derive(Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum AuthConfig {
-    /// A header carrying a token, e.g. `Authorization: Bearer …` or
-    /// `X-Api-Key: …`.
+    /// A header carrying a token, e.g. `X-Api-Key: …`.
     Header {
         /// The header's name.
         name: String,
-        /// The token (prefer `value_env`).
+        /// The token inline (test configurations only).
         value: Option<String>,
         /// An environment variable holding the token.
         value_env: Option<String>,
+        /// A file holding the token.
+        value_file: Option<std::path::PathBuf>,
         /// Text put before the token, e.g. `"Bearer "`.
         #[serde(default)]
         prefix: String,
@@ -273,10 +289,12 @@ pub enum AuthConfig {
     Hmac {
         /// The id of the shared secret, sent in `X-Hedui-Key-Id`.
         key_id: String,
-        /// The shared secret (prefer `secret_env`).
+        /// The shared secret inline (test configurations only).
         secret: Option<String>,
         /// An environment variable holding the shared secret.
         secret_env: Option<String>,
+        /// A file holding the shared secret.
+        secret_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -284,35 +302,102 @@ impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AuthConfig::Header {
-                name, value_env, ..
+                name,
+                value_env,
+                value_file,
+                ..
             } => f
                 .debug_struct("Header")
                 .field("name", name)
                 .field("value_env", value_env)
+                .field("value_file", value_file)
                 .finish_non_exhaustive(),
             AuthConfig::Hmac {
-                key_id, secret_env, ..
+                key_id,
+                secret_env,
+                secret_file,
+                ..
             } => f
                 .debug_struct("Hmac")
                 .field("key_id", key_id)
                 .field("secret_env", secret_env)
+                .field("secret_file", secret_file)
                 .finish_non_exhaustive(),
         }
     }
 }
 
-/// Reads a secret given inline or through an environment variable; errors
-/// name the key and the variable, never the value.
-fn secret(key: &str, inline: Option<&String>, env: Option<&String>) -> Result<String, String> {
-    match (inline, env) {
-        (Some(_), Some(_)) => Err(format!("auth: give {key} or {key}_env, not both")),
-        (None, None) => Err(format!("auth: {key} or {key}_env is required")),
-        (Some(v), None) => Ok(v.clone()),
-        (None, Some(var)) => std::env::var(var)
+/// The `auth` block of an HTTP/JSON source.
+#[derive(Debug, Clone)]
+pub enum HttpAuth {
+    /// `authorization: Bearer <token>`, the token from a file or the
+    /// environment ([`crate::auth`]).
+    Bearer(BearerParams),
+    /// A `type = "header"` or `type = "hmac"` block.
+    Typed(AuthConfig),
+}
+
+/// Reads `auth`: a block with `type` is a typed one, any other the bearer
+/// token's.
+fn http_auth<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HttpAuth>, D::Error> {
+    let t = toml::Table::deserialize(d)?;
+    let v = toml::Value::Table(t.clone());
+    if t.contains_key("type") {
+        AuthConfig::deserialize(v)
+            .map(|a| Some(HttpAuth::Typed(a)))
+            .map_err(serde::de::Error::custom)
+    } else {
+        BearerParams::deserialize(v)
+            .map(|a| Some(HttpAuth::Bearer(a)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads a secret given inline, in a file or through an environment
+/// variable (exactly one); errors name the key and the path or variable,
+/// never the value.
+fn secret(
+    key: &str,
+    inline: Option<&String>,
+    env: Option<&String>,
+    file: Option<&std::path::PathBuf>,
+) -> Result<String, String> {
+    let given =
+        usize::from(inline.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
+    if given > 1 {
+        return Err(format!(
+            "auth: give one of {key}_file, {key}_env and {key}, not several"
+        ));
+    }
+    if let Some(v) = inline {
+        tracing::warn!(
+            key = %format!("auth.{key}"),
+            "a secret written in the configuration; use {key}_file or {key}_env"
+        );
+        return Ok(v.clone());
+    }
+    if let Some(var) = env {
+        return std::env::var(var)
             .ok()
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("auth.{key}_env: environment variable {var} is not set")),
+            .ok_or_else(|| format!("auth.{key}_env: environment variable {var} is not set"));
     }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::NotFound {
+                "no such file".to_owned()
+            } else {
+                e.to_string()
+            };
+            format!("auth.{key}_file: cannot read {}: {why}", path.display())
+        })?;
+        let v = text.trim();
+        if v.is_empty() {
+            return Err(format!("auth.{key}_file: {} is empty", path.display()));
+        }
+        return Ok(v.to_owned());
+    }
+    Err(format!("auth: {key}_file or {key}_env is required"))
 }
 
 // === the adapter ===
@@ -346,7 +431,7 @@ struct Mapped {
 pub struct HttpAdapter {
     source_id: String,
     fact_kinds: Vec<FactKind>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<SourceConnector, Full<Bytes>>,
     method: Method,
     url: String,
     query: Vec<(String, String)>,
@@ -362,6 +447,8 @@ pub struct HttpAdapter {
     deadline_header: Option<HeaderName>,
     health_url: Option<Uri>,
     authority: (String, u16),
+    /// How the source is reached, said in connection errors.
+    over: &'static str,
 }
 
 /// What one request's answer says.
@@ -404,19 +491,17 @@ impl HttpAdapter {
                 return Err(format!("request.method: {other:?} is not GET or POST"));
             }
         };
-        if req.url.starts_with("https://") {
-            return Err(
-                "request.url: https is not supported; reach a department behind TLS through a \
-                 TLS-terminating proxy on its side (http:// only)"
-                    .into(),
-            );
-        }
-        if !req.url.starts_with("http://") {
+        if !req.url.starts_with("http://") && !req.url.starts_with("https://") {
             return Err(format!(
-                "request.url: {:?} must start with http://",
+                "request.url: {:?} must start with http:// or https://",
                 req.url
             ));
         }
+        let bearer = match &params.auth {
+            Some(HttpAuth::Bearer(b)) => Some(b),
+            _ => None,
+        };
+        let creds = Credentials::load("request.url", &req.url, params.tls.as_ref(), bearer)?;
         let mut used: Vec<String> = Vec::new();
         let mut note = |key: &str, text: &str| -> Result<(), String> {
             let ps = placeholders(text).map_err(|e| format!("{key}: {e}"))?;
@@ -546,13 +631,26 @@ impl HttpAdapter {
         }
         let auth = match &params.auth {
             None => None,
-            Some(AuthConfig::Header {
+            Some(HttpAuth::Bearer(_)) => {
+                let token = creds.bearer.as_ref().expect("a bearer block loads a token");
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| "auth: the token is not a valid header value".to_owned())?;
+                v.set_sensitive(true);
+                Some(Auth::Header(header::AUTHORIZATION, v))
+            }
+            Some(HttpAuth::Typed(AuthConfig::Header {
                 name,
                 value,
                 value_env,
+                value_file,
                 prefix,
-            }) => {
-                let token = secret("value", value.as_ref(), value_env.as_ref())?;
+            })) => {
+                let token = secret(
+                    "value",
+                    value.as_ref(),
+                    value_env.as_ref(),
+                    value_file.as_ref(),
+                )?;
                 let name = HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| format!("auth.name: {name:?} is not a header name"))?;
                 let mut v = HeaderValue::from_str(&format!("{prefix}{token}"))
@@ -560,12 +658,18 @@ impl HttpAdapter {
                 v.set_sensitive(true);
                 Some(Auth::Header(name, v))
             }
-            Some(AuthConfig::Hmac {
+            Some(HttpAuth::Typed(AuthConfig::Hmac {
                 key_id,
                 secret: s,
                 secret_env,
-            }) => {
-                let key = secret("secret", s.as_ref(), secret_env.as_ref())?;
+                secret_file,
+            })) => {
+                let key = secret(
+                    "secret",
+                    s.as_ref(),
+                    secret_env.as_ref(),
+                    secret_file.as_ref(),
+                )?;
                 Some(Auth::Hmac {
                     key_id: HeaderValue::from_str(key_id)
                         .map_err(|_| format!("auth.key_id: {key_id:?} is not a header value"))?,
@@ -591,10 +695,11 @@ impl HttpAdapter {
             .health_url
             .as_ref()
             .map(|u| {
+                let scheme = if creds.tls.is_some() { "https" } else { "http" };
                 u.parse::<Uri>()
                     .ok()
-                    .filter(|x| x.scheme_str() == Some("http") && x.authority().is_some())
-                    .ok_or_else(|| format!("health_url: {u:?} is not an http:// URL"))
+                    .filter(|x| x.scheme_str() == Some(scheme) && x.authority().is_some())
+                    .ok_or_else(|| format!("health_url: {u:?} is not an {scheme}:// URL"))
             })
             .transpose()?;
         // The URL with sample values must be a URL.
@@ -615,11 +720,19 @@ impl HttpAdapter {
             .ok_or_else(|| format!("request.url: {:?} has no host", req.url))?
             .trim_matches(['[', ']'])
             .to_owned();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if creds.tls.is_some() { 443 } else { 80 });
 
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(params.connect_timeout_ms)));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_millis(params.connect_timeout_ms)));
+        http.set_nodelay(true);
+        let tls = creds
+            .tls
+            .as_ref()
+            .map(|t| tls::client_config(t).map(|c| (c, t.domain.clone())))
+            .transpose()?;
+        let connector = SourceConnector::new(http, tls)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -642,6 +755,7 @@ impl HttpAdapter {
             deadline_header,
             health_url,
             authority: (host, port),
+            over: crate::grpc::over_of(creds.tls.as_ref()),
         })
     }
 
@@ -718,7 +832,8 @@ impl HttpAdapter {
             Err(_) => return Err(AdapterError::Timeout),
             Ok(Err(e)) => {
                 return Err(AdapterError::Unavailable(format!(
-                    "cannot reach the source: {}",
+                    "cannot reach the source{}: {}",
+                    self.over,
                     chain(&e)
                 )));
             }
@@ -1061,7 +1176,11 @@ impl Adapter for HttpAdapter {
                     .await
                     .map_err(|_| AdapterError::Timeout)?
                     .map_err(|e| {
-                        AdapterError::Unavailable(format!("cannot reach the source: {}", chain(&e)))
+                        AdapterError::Unavailable(format!(
+                            "cannot reach the source{}: {}",
+                            self.over,
+                            chain(&e)
+                        ))
                     })?;
                 let ok = resp.status().is_success();
                 Ok(CheckResponse {

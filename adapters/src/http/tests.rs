@@ -426,7 +426,19 @@ fn configuration_errors_name_the_key() {
     let m = e(&base.replace("[request]", "[request]\ncolour = 1"));
     assert!(m.contains("unknown field `colour`"), "{m}");
     let m = e(&base.replace("http://", "https://"));
-    assert!(m.starts_with("request.url: https is not supported"), "{m}");
+    assert!(
+        m.starts_with("tls: required for the https:// request.url"),
+        "{m}"
+    );
+    let m = e(&base.replace("[request]", "tls = { ca = \"/no/ca.pem\" }\n[request]"));
+    assert!(
+        m.starts_with("request.url: ") && m.contains("must start with https://"),
+        "{m}"
+    );
+    let m = e(&base
+        .replace("http://", "https://")
+        .replace("[request]", "tls = { ca = \"/no/ca.pem\" }\n[request]"));
+    assert_eq!(m, "tls.ca: cannot read /no/ca.pem: no such file");
     let m = e(&base.replace("{person_id}", "{personid}"));
     assert!(m.contains("unknown placeholder {personid}"), "{m}");
     let m = e(&base.replace("accounts/{person_id}", "accounts"));
@@ -463,4 +475,101 @@ fn secrets_do_not_leak_into_debug_output() {
     assert!(!text.contains("do-not-print"), "{text}");
     let p = build("provident-fund", &pf_config(addr)).unwrap();
     assert!(!format!("{p:?}").contains("t0ken"));
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hedui-http-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_bearer_token_from_a_file_is_sent_and_never_printed() {
+    let (addr, seen) = serve(Duration::ZERO, Arc::new(pf_answer)).await;
+    let dir = scratch("bearer");
+    let token = dir.join("token");
+    // The test server takes `Bearer t0ken` only.
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let config = pf_config(addr).replace(
+        r#"auth = { type = "header", name = "Authorization", prefix = "Bearer ", value = "t0ken" }"#,
+        &format!("auth = {{ bearer_token_file = {token:?} }}"),
+    );
+    let adapter = build("provident-fund", &config).unwrap();
+    assert!(!format!("{adapter:?}").contains("t0ken"));
+    adapter.lookup(&ctx(), request(&[ALICE])).await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap()[0].headers["authorization"],
+        "Bearer t0ken"
+    );
+
+    // The typed header block takes its value from a file too.
+    let config = pf_config(addr).replace("value = \"t0ken\"", &format!("value_file = {token:?}"));
+    let adapter = build("provident-fund", &config).unwrap();
+    assert!(!format!("{adapter:?}").contains("t0ken"));
+    adapter.lookup(&ctx(), request(&[ALICE])).await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap()[1].headers["authorization"],
+        "Bearer t0ken"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bearer_and_tls_errors_name_the_key_and_never_the_token() {
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let base = pf_config(addr);
+    let with_auth = |auth: &str| {
+        base.replace(
+            r#"auth = { type = "header", name = "Authorization", prefix = "Bearer ", value = "t0ken" }"#,
+            auth,
+        )
+    };
+    let e = |text: &str| build("provident-fund", text).unwrap_err();
+    let m = e(&with_auth("auth = { bearer_token = \"inl1ne\" }"));
+    assert!(m.starts_with("auth.bearer_token: "), "{m}");
+    assert!(
+        m.contains("files or the environment") && !m.contains("inl1ne"),
+        "{m}"
+    );
+    let m = e(&with_auth(
+        "auth = { bearer_token_file = \"/no/such/token\" }",
+    ));
+    assert!(
+        m.ends_with("auth.bearer_token_file: cannot read /no/such/token: no such file"),
+        "{m}"
+    );
+    let m = e(&with_auth("auth = {}"));
+    assert!(
+        m.ends_with("auth: bearer_token_file or bearer_token_env is required"),
+        "{m}"
+    );
+    let dir = scratch("empty");
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let m = e(&with_auth(&format!(
+        "auth = {{ bearer_token_file = {empty:?} }}"
+    )));
+    assert!(
+        m.ends_with(&format!(
+            "auth.bearer_token_file: {} is empty",
+            empty.display()
+        )),
+        "{m}"
+    );
+    let m = e(&base.replace("value = \"t0ken\"", &format!("value_file = {empty:?}")));
+    assert!(
+        m.ends_with(&format!("auth.value_file: {} is empty", empty.display())),
+        "{m}"
+    );
+    let m = e(&base.replace("value = \"t0ken\"", "value = \"t0ken\", value_env = \"X\""));
+    assert!(
+        m.contains("auth: give one of value_file, value_env and value"),
+        "{m}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let m = e(&base.replace("http://", "https://").replace(
+        "[request]",
+        "tls = { ca = \"/ca.pem\", cert = \"/c.pem\" }\n[request]",
+    ));
+    assert!(m.contains("tls.ca: cannot read /ca.pem"), "{m}");
 }

@@ -89,6 +89,8 @@ fn peer(id: &str, to: SocketAddr, sources: &[&str], me: &str) -> PeerAdapter {
             endpoint: format!("http://{to}"),
             sources: sources.iter().map(|s| s.to_string()).collect(),
             connect_timeout_ms: 1_000,
+            tls: None,
+            auth: None,
         },
         me,
     )
@@ -211,6 +213,8 @@ async fn a_peer_source_that_does_not_report_a_kind_is_refused() {
             endpoint: format!("http://{b}"),
             sources: vec!["forestry".into()],
             connect_timeout_ms: 1_000,
+            tls: None,
+            auth: None,
         },
         "dachuan",
     )
