@@ -326,6 +326,7 @@ pub async fn serve_federation(
     verifier: Arc<Verifier>,
     broker_id: String,
     listener: TcpListener,
+    auth: hedui_adapters::server::ServerAuth,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let log = Arc::new(FederationLog {
@@ -344,8 +345,8 @@ pub async fn serve_federation(
     )
     .with_log(log);
     tracing::info!(broker = %broker_id, addr = ?listener.local_addr().ok(), "serving federation (hedui.v1.AdapterService)");
-    tonic::transport::Server::builder()
-        .add_service(server.into_service())
+    auth.server()?
+        .add_service(auth.wrap(server.into_service()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

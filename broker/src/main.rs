@@ -51,6 +51,19 @@ enum Command {
         /// (`hedui.v1.AdapterService`) on this address.
         #[arg(long, env = "HEDUI_FEDERATION_LISTEN")]
         federation_listen: Option<SocketAddr>,
+        /// The federation listener's certificate chain (PEM; with
+        /// `--federation-tls-key`): peers connect over TLS.
+        #[arg(long, requires = "federation_listen")]
+        federation_tls_cert: Option<PathBuf>,
+        /// The federation listener's private key (PEM file).
+        #[arg(long, requires = "federation_listen")]
+        federation_tls_key: Option<PathBuf>,
+        /// CA whose certificates peers must present (mutual TLS).
+        #[arg(long, requires = "federation_listen")]
+        federation_tls_client_ca: Option<PathBuf>,
+        /// A file holding the bearer token peers must send.
+        #[arg(long, requires = "federation_listen")]
+        federation_bearer_token_file: Option<PathBuf>,
         /// Also serve the control service of the in-process simulated
         /// sources (`hedui.mock.v1.AgencyControlService`: counters, faults,
         /// simulated changes) on this address, for demos and tests.
@@ -328,9 +341,23 @@ async fn main() -> anyhow::Result<()> {
             listen,
             broker_id,
             federation_listen,
+            federation_tls_cert,
+            federation_tls_key,
+            federation_tls_client_ca,
+            federation_bearer_token_file,
             simulation_control,
             insecure_plaintext,
         } => {
+            let federation_auth = hedui_adapters::server::ServerAuth::load(
+                &hedui_adapters::server::ServerAuthFiles {
+                    tls_cert: federation_tls_cert,
+                    tls_key: federation_tls_key,
+                    tls_client_ca: federation_tls_client_ca,
+                    bearer_token_file: federation_bearer_token_file,
+                },
+                |f| format!("--federation-{}", f.replace('_', "-")),
+            )
+            .map_err(anyhow::Error::msg)?;
             let mut config = Config::load_layered(config_path.as_deref())?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
@@ -391,6 +418,7 @@ async fn main() -> anyhow::Result<()> {
                         Arc::clone(&built.verifier),
                         broker_id.clone(),
                         l,
+                        federation_auth,
                         stopped(stop_rx.clone()),
                     ));
                     Some((fed_addr, task))

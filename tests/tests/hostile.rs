@@ -1089,6 +1089,18 @@ fn cli_rows() -> Vec<CliRow> {
         cli(&["serve", "--config", "."], None, "cannot read"),
         cli(&["serve"], None, "--insecure-plaintext-development-only"),
         cli(&["config", "check", "missing.toml"], None, "missing.toml"),
+        cli(
+            &[
+                "serve",
+                "--insecure-plaintext-development-only",
+                "--federation-listen",
+                "127.0.0.1:0",
+                "--federation-tls-key",
+                "k.pem",
+            ],
+            None,
+            "--federation-tls-cert",
+        ),
         cli(&["config", "check"], usage, "FILE"),
         cli(
             &["certs", "dev", "--out", "/proc/no-such-dir"],
