@@ -16,6 +16,12 @@
 //! [quotas]                    # per client; [clients."<id>"] overrides
 //! rate_per_s = 50
 //!
+//! [telemetry]                 # see crate::telemetry
+//! otlp_endpoint = "http://otel-collector:4317"
+//!
+//! [ops]
+//! listen = "0.0.0.0:9464"     # /healthz, /readyz, /metrics
+//!
 //! [store]
 //! path = "hedui.db"           # SQLite file for reports, or ":memory:"
 //!
@@ -89,6 +95,12 @@ pub struct Config {
     /// The quota of every client without its own.
     #[serde(default)]
     pub quotas: crate::security::config::QuotaConfig,
+    /// Traces and metrics export (`crate::telemetry`).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The operations listener: health, readiness, metrics.
+    #[serde(default)]
+    pub ops: crate::telemetry::OpsConfig,
     /// Where reports are kept.
     #[serde(default)]
     pub store: StoreConfig,
@@ -137,14 +149,23 @@ pub struct ServerConfig {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// After SIGTERM, how long calls in flight may take to finish before
+    /// the broker stops, in milliseconds.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    20_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -515,6 +536,7 @@ impl Config {
         self.audit.validate().map_err(err)?;
         crate::security::config::validate(self.tls.as_ref(), &self.quotas, &self.clients)
             .map_err(err)?;
+        self.telemetry.validate().map_err(err)?;
         Ok(())
     }
 

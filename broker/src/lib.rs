@@ -25,6 +25,8 @@
 //! - [`app`]: assembling a broker from configuration; the demo.
 //! - [`watch`]: households under management: enrolment, change events
 //!   (in process or NATS JetStream), re-verification and alerts.
+//! - [`telemetry`]: OpenTelemetry metrics and traces, the operations
+//!   listener (`/healthz`, `/readyz`, `/metrics`).
 //! - [`client`]: the CLI's gRPC client commands.
 //! - [`render`]: a report as readable text.
 
@@ -39,6 +41,7 @@ pub mod report;
 pub mod security;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod time;
 pub mod verify;
 pub mod watch;

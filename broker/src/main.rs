@@ -14,7 +14,7 @@
 //! - `hedui audit query|export|verify|prove|purge`: the audit log.
 //! - `hedui bench-audit`: the audit log's benchmark.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -328,13 +328,31 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `serve` exports metrics and traces as its configuration says; the
+    // configuration is read again (and its errors reported) below.
+    let telemetry = match &cli.command {
+        Command::Serve { config, .. } => match Config::load_layered(config.as_deref()) {
+            Ok(c) => Some(Arc::new(hedui::telemetry::Telemetry::init(&c.telemetry)?)),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    {
+        use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+        let traces = telemetry
+            .as_ref()
+            .and_then(|t| t.tracer_provider())
+            .map(|p| {
+                use opentelemetry::trace::TracerProvider as _;
+                tracing_opentelemetry::layer().with_tracer(p.tracer("hedui"))
+            });
+        tracing_subscriber::registry()
+            .with(EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(traces)
+            .init();
+    }
     match cli.command {
         Command::Serve {
             config: config_path,
@@ -452,6 +470,25 @@ async fn main() -> anyhow::Result<()> {
                     Some(control_addr)
                 }
             };
+            let ops = match (config.ops.listen, &telemetry) {
+                (Some(at), Some(t)) => {
+                    let l = TcpListener::bind(at)
+                        .await
+                        .with_context(|| format!("ops.listen: cannot listen on {at}"))?;
+                    let ops_addr = l.local_addr()?;
+                    let ops = hedui::telemetry::ops::Ops::new(
+                        Arc::clone(t),
+                        built.verifier.audit().clone(),
+                    );
+                    // It answers until the process ends: while draining,
+                    // readiness says so.
+                    tokio::spawn(ops.clone().serve(l, std::future::pending()));
+                    Some((ops, ops_addr))
+                }
+                _ => None,
+            };
+            let ops_addr = ops.as_ref().map(|(_, a)| *a);
+            let ops = ops.map(|(o, _)| o);
             // One machine-readable line on stdout says the broker is ready.
             let mut ready =
                 serde_json::json!({ "listening": addr.to_string(), "tls": security.is_tls() });
@@ -461,24 +498,51 @@ async fn main() -> anyhow::Result<()> {
             if let Some(c) = control {
                 ready["simulation_control"] = c.to_string().into();
             }
+            if let Some(o) = ops_addr {
+                ready["ops"] = o.to_string().into();
+            }
             println!("{ready}");
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = stop_tx.send(true);
+            let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+            tokio::spawn({
+                let ops = ops.clone();
+                async move {
+                    shutdown_signal().await;
+                    tracing::info!(
+                        grace_ms = grace.as_millis() as u64,
+                        "stopping: no new calls; finishing the calls in flight"
+                    );
+                    if let Some(ops) = &ops {
+                        ops.drain();
+                    }
+                    let _ = stop_tx.send(true);
+                }
             });
-            server::serve(
+            let serving = server::serve(
                 Arc::clone(&built.verifier),
                 Arc::clone(&built.watch),
                 listener,
                 security,
-                stopped(stop_rx),
-            )
-            .await?;
+                stopped(stop_rx.clone()),
+            );
+            // Calls in flight get `grace` after the signal; then the broker
+            // stops all the same (their reports are stored, or their
+            // pending reports are closed at the next start).
+            let mut stop_seen = stop_rx.clone();
+            tokio::select! {
+                served = serving => served?,
+                () = async {
+                    let _ = stop_seen.wait_for(|s| *s).await;
+                    tokio::time::sleep(grace).await;
+                } => tracing::warn!("calls still in flight after the grace period; stopping"),
+            }
             if let Some((_, task)) = federation {
-                task.await??;
+                let _ = tokio::time::timeout(grace, task).await;
             }
             built.verifier.store().close().await;
             built.verifier.audit().close().await;
+            if let Some(t) = &telemetry {
+                t.shutdown();
+            }
             Ok(())
         }
         Command::Demo {

@@ -571,6 +571,56 @@ impl Verifier {
         caller: &Caller,
         events: Option<mpsc::Sender<StreamVerifyResponse>>,
     ) -> Result<Report, VerifyError> {
+        use tracing::Instrument;
+        /// Counts a verification in flight until dropped.
+        struct InFlight;
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                crate::telemetry::metrics().in_flight.add(-1, &[]);
+            }
+        }
+        let metrics = crate::telemetry::metrics();
+        metrics.in_flight.add(1, &[]);
+        let _in_flight = InFlight;
+        let purpose = purpose_name(valid.request.purpose);
+        // One trace per verification; no field names a person.
+        let span = tracing::info_span!(
+            "verification",
+            purpose = %purpose,
+            report_id = tracing::field::Empty,
+            verdict = tracing::field::Empty,
+        );
+        let result = self
+            .run_untraced(valid, caller, events)
+            .instrument(span.clone())
+            .await;
+        let verdict = match &result {
+            Ok(report) => {
+                span.record("report_id", report.report_id.as_str());
+                hedui_proto::v1::Outcome::try_from(report.verdict)
+                    .map_or("unknown", |o| o.as_str_name())
+                    .trim_start_matches("OUTCOME_")
+                    .to_ascii_lowercase()
+            }
+            Err(e) => e.outcome().to_owned(),
+        };
+        span.record("verdict", verdict.as_str());
+        metrics.verifications.add(
+            1,
+            &[
+                opentelemetry::KeyValue::new("purpose", purpose),
+                opentelemetry::KeyValue::new("verdict", verdict),
+            ],
+        );
+        result
+    }
+
+    async fn run_untraced(
+        self: &Arc<Self>,
+        valid: ValidRequest,
+        caller: &Caller,
+        events: Option<mpsc::Sender<StreamVerifyResponse>>,
+    ) -> Result<Report, VerifyError> {
         let ValidRequest {
             request,
             timeout,

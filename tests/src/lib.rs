@@ -453,6 +453,9 @@ pub struct BrokerProcess {
     /// URL of the control service of its in-process simulated sources,
     /// when it serves one (`--simulation-control`).
     pub simulation_control: Option<String>,
+    /// Address of its operations listener (`[ops] listen`), when it
+    /// serves one.
+    pub ops: Option<String>,
     /// Its directory.
     pub dir: tempfile::TempDir,
     args: Vec<String>,
@@ -489,9 +492,23 @@ impl BrokerProcess {
             simulation_control: ready["simulation_control"]
                 .as_str()
                 .map(|a| format!("http://{a}")),
+            ops: ready["ops"].as_str().map(str::to_owned),
             dir,
             args,
         })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status.
+    pub async fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// Kills the process (as a crash would) and starts it again with the
@@ -635,6 +652,7 @@ impl BrokerProcess {
             simulation_control: ready["simulation_control"]
                 .as_str()
                 .map(|a| format!("http://{a}")),
+            ops: ready["ops"].as_str().map(str::to_owned),
             dir,
             args,
         })

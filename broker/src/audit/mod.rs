@@ -576,6 +576,9 @@ impl Writer {
                     let started = std::time::Instant::now();
                     self.append(batch).await;
                     last_commit = started.elapsed();
+                    let m = crate::telemetry::metrics();
+                    m.audit_commit.record(last_commit.as_secs_f64(), &[]);
+                    m.audit_batch.record(last_batch as u64, &[]);
                 }
                 Command::Checkpoint(reply) => {
                     let _ = reply.send(self.checkpoint(true).await.map_err(|e| e.to_string()));

@@ -319,6 +319,59 @@ impl SourceGuard {
         request: LookupRequest,
         max_age: Option<Duration>,
     ) -> Result<Served, GuardError> {
+        use tracing::Instrument;
+        // One span per source asked; its fields name the source and the
+        // outcome, never a person.
+        let span = tracing::info_span!(
+            "source",
+            source = %self.spec.id,
+            status = tracing::field::Empty,
+            cache_hit = tracing::field::Empty,
+        );
+        let result = self
+            .lookup_guarded(ctx, request, max_age)
+            .instrument(span.clone())
+            .await;
+        let (status, cache_hit) = match &result {
+            Ok(served) => (
+                if served.response.answers.iter().any(|a| !a.facts.is_empty()) {
+                    "ok"
+                } else {
+                    "no_record"
+                },
+                served.cache_hit,
+            ),
+            Err(e) => (status_label(e.status()), false),
+        };
+        span.record("status", status);
+        span.record("cache_hit", cache_hit);
+        let m = crate::telemetry::metrics();
+        let source = crate::telemetry::source(&self.spec.id);
+        m.source_requests.add(
+            1,
+            &[
+                source.clone(),
+                opentelemetry::KeyValue::new("status", status),
+                opentelemetry::KeyValue::new("cache_hit", cache_hit),
+            ],
+        );
+        m.breaker_state.record(
+            match self.breaker.state() {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open { .. } => 2,
+            },
+            &[source],
+        );
+        result
+    }
+
+    async fn lookup_guarded(
+        &self,
+        ctx: &LookupContext,
+        request: LookupRequest,
+        max_age: Option<Duration>,
+    ) -> Result<Served, GuardError> {
         let Some(cache) = &self.cache else {
             return self.call(ctx, &request).await.map(|response| Served {
                 response,
@@ -328,6 +381,9 @@ impl SourceGuard {
         let key = CacheKey::of(&request);
         if let Some(hit) = cache.cache.get(&key).await {
             if young_enough(&hit, max_age) {
+                crate::telemetry::metrics()
+                    .cache_hits
+                    .add(1, &[crate::telemetry::source(&self.spec.id)]);
                 return Ok(Served {
                     response: hit.response.clone(),
                     cache_hit: true,
@@ -360,6 +416,12 @@ impl SourceGuard {
             .await
             .map_err(|e| (*e).clone())?;
         let cache_hit = !entry.is_fresh();
+        let counter = if cache_hit {
+            &crate::telemetry::metrics().cache_hits
+        } else {
+            &crate::telemetry::metrics().cache_misses
+        };
+        counter.add(1, &[crate::telemetry::source(&self.spec.id)]);
         Ok(Served {
             response: entry.into_value().response.clone(),
             cache_hit,
@@ -443,12 +505,17 @@ impl SourceGuard {
             if turn >= ctx.remaining() {
                 return Err(held());
             }
-            tokio::time::timeout_at(ctx.deadline, async {
+            let waiting_since = Instant::now();
+            let waited = tokio::time::timeout_at(ctx.deadline, async {
                 let _turn = self.rate_queue.lock().await;
                 limiter.until_ready().await;
             })
-            .await
-            .map_err(|_| held())?;
+            .await;
+            crate::telemetry::metrics().rate_limit_wait.record(
+                waiting_since.elapsed().as_secs_f64(),
+                &[crate::telemetry::source(&self.spec.id)],
+            );
+            waited.map_err(|_| held())?;
         }
         let busy = || {
             Attempt::NotAsked(GuardError::HeldBack(format!(
@@ -478,6 +545,7 @@ impl SourceGuard {
                 Attempt::NotAsked(GuardError::Source(AdapterError::Timeout))
             });
         }
+        let asked = Instant::now();
         let answer =
             match tokio::time::timeout_at(ctx.deadline, self.adapter.lookup(ctx, request.clone()))
                 .await
@@ -485,9 +553,38 @@ impl SourceGuard {
                 Err(_) => Err(AdapterError::Timeout),
                 Ok(r) => r,
             };
+        crate::telemetry::metrics().source_duration.record(
+            asked.elapsed().as_secs_f64(),
+            &[
+                crate::telemetry::source(&self.spec.id),
+                opentelemetry::KeyValue::new(
+                    "status",
+                    match &answer {
+                        Ok(_) => "answered",
+                        Err(e) => status_label(crate::verify::status_of(e)),
+                    },
+                ),
+            ],
+        );
         answer
             .and_then(|resp| check_answer(request, &resp, &self.spec.fact_kinds).map(|()| resp))
             .map_err(Attempt::Failed)
+    }
+}
+
+/// A status as metrics and spans label it (`rate_limited`, `timeout`).
+fn status_label(status: SourceStatus) -> &'static str {
+    match status {
+        SourceStatus::Unspecified => "unspecified",
+        SourceStatus::Ok => "ok",
+        SourceStatus::NoRecord => "no_record",
+        SourceStatus::Timeout => "timeout",
+        SourceStatus::Unavailable => "unavailable",
+        SourceStatus::Error => "error",
+        SourceStatus::NotQueried => "not_queried",
+        SourceStatus::RateLimited => "rate_limited",
+        SourceStatus::CircuitOpen => "circuit_open",
+        SourceStatus::Pending => "pending",
     }
 }
 

@@ -351,6 +351,30 @@ impl Gate {
     }
 }
 
+/// Records `rpc.server.duration` of a call to `path` (until its response
+/// headers: for a stream, until it opened). The status is the one in the
+/// headers (a refusal, or any error before the first message), else OK.
+fn record_rpc(path: &str, response: &http::Response<tonic::body::Body>, took: Duration) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default().to_owned();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    crate::telemetry::metrics().rpc_duration.record(
+        took.as_secs_f64() * 1000.0,
+        &[
+            opentelemetry::KeyValue::new("rpc.system", "grpc"),
+            opentelemetry::KeyValue::new("rpc.service", service),
+            opentelemetry::KeyValue::new("rpc.method", method),
+            opentelemetry::KeyValue::new("rpc.grpc.status_code", code),
+        ],
+    );
+}
+
 /// The [`Gate`] as a tower layer for tonic's server.
 #[derive(Debug, Clone)]
 pub struct GateLayer(pub Arc<Gate>);
@@ -399,13 +423,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
         Box::pin(async move {
-            match gate.admit(request.uri().path(), request.extensions()).await {
+            let started = std::time::Instant::now();
+            let path = request.uri().path().to_owned();
+            let response = match gate.admit(&path, request.extensions()).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
-                    inner.call(request).await
+                    inner.call(request).await?
                 }
-                Err(status) => Ok(status.into_http()),
-            }
+                Err(status) => status.into_http(),
+            };
+            record_rpc(&path, &response, started.elapsed());
+            Ok(response)
         })
     }
 }

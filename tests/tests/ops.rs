@@ -1,0 +1,179 @@
+//! Operations (issue 7), with the broker as its own process:
+//! - `/healthz`, `/readyz` and `/metrics` on the operations listener, with
+//!   the per-source, RPC, verification and audit metrics after a
+//!   verification, and no identity number anywhere in them;
+//! - no identity number in any log line or span field at debug level;
+//! - SIGTERM: readiness turns 503, the verification in flight still gets
+//!   its report, the process exits 0 within its grace period.
+
+use std::time::Duration;
+
+use hedui_mock_agencies::{
+    population::{Population, PopulationConfig},
+    truth::{GroundTruth, TruthPolicy},
+};
+use hedui_proto::v1::{Purpose, VerificationRequest, VerifyRequest};
+use hedui_tests::{BrokerProcess, SEED, china_today};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOUSEHOLDS: usize = 30;
+
+fn truths() -> Vec<GroundTruth> {
+    Population::generate(&PopulationConfig {
+        seed: SEED,
+        households: HOUSEHOLDS,
+        today: china_today().parse().unwrap(),
+    })
+    .truth(&TruthPolicy::default())
+}
+
+fn verify(applicant: &str) -> VerifyRequest {
+    VerifyRequest {
+        request: Some(VerificationRequest {
+            applicant_id: applicant.into(),
+            consent_reference: "SQ-2026-000123".into(),
+            purpose: Purpose::DibaoApplication as i32,
+            operator_id: "case-worker-07".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// `GET path` on `addr`: the status code and the body.
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut raw))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn assert_no_identity_numbers(text: &str, truths: &[GroundTruth], what: &str) {
+    for t in truths {
+        for id in std::iter::once(&t.applicant_id).chain(&t.member_ids) {
+            assert!(
+                !text.contains(id.as_str()),
+                "{what} holds an identity number"
+            );
+            // Nor the first 15 characters (the older ID format).
+            assert!(!text.contains(&id[..15]), "{what} holds an identity number");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_without_personal_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hedui.log");
+    let broker = BrokerProcess::start_logged(
+        &format!(
+            "[ops]\nlisten = \"127.0.0.1:0\"\n\n[simulation]\nhouseholds = {HOUSEHOLDS}\nlatency_p50_ms = 0\nlatency_p99_ms = 0\n"
+        ),
+        &[],
+        &log,
+    )
+    .await
+    .unwrap();
+    let ops = broker
+        .ops
+        .clone()
+        .expect("the ready line names the ops listener");
+    assert_eq!(get(&ops, "/healthz").await.0, 200);
+    let (code, body) = get(&ops, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    let truths = truths();
+    let mut client = broker.client().await.unwrap();
+    for t in truths.iter().take(3) {
+        client.verify(verify(&t.applicant_id)).await.unwrap();
+    }
+    let (code, metrics) = get(&ops, "/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "hedui_source_requests_total{",
+        "hedui_source_duration_seconds_bucket{",
+        "hedui_breaker_state{",
+        "hedui_cache_misses_total{",
+        "hedui_verifications_total{",
+        "hedui_verifications_in_flight",
+        "hedui_audit_commit_duration_seconds_bucket",
+        "rpc_server_duration_milliseconds_bucket{",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("rpc_method=\"Verify\""), "{metrics}");
+    assert!(
+        metrics.contains("source=\"rural-commercial-bank\""),
+        "{metrics}"
+    );
+    assert_no_identity_numbers(&metrics, &truths, "/metrics");
+    assert_eq!(get(&ops, "/nothing").await.0, 404);
+    broker.stop().await;
+    // Every log line at debug level, span fields included (the log
+    // prints each line's spans with their fields).
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("verification{"),
+        "no verification span logged"
+    );
+    assert_no_identity_numbers(&logged, &truths, "the broker's debug log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_finishes_the_verification_in_flight() {
+    let mut broker = BrokerProcess::start(
+        &format!(
+            "[ops]\nlisten = \"127.0.0.1:0\"\n\n[simulation]\nhouseholds = {HOUSEHOLDS}\nlatency_p50_ms = 1500\nlatency_p99_ms = 2000\n"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let ops = broker.ops.clone().unwrap();
+    let applicant = truths()[0].applicant_id.clone();
+    let mut client = broker.client().await.unwrap();
+    let in_flight = tokio::spawn(async move { client.verify(verify(&applicant)).await });
+    // The verification is under way (its sources take 1.5 s or more).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = broker.pid().unwrap();
+    let killed = tokio::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, body) = get(&ops, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    let report = in_flight
+        .await
+        .unwrap()
+        .expect("the verification in flight is answered")
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(!report.report_id.is_empty());
+    let status = broker
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("the broker exits");
+    assert!(status.success(), "{status:?}");
+}
