@@ -560,9 +560,7 @@ impl Suite<'_> {
         // A deadline already passed: give up at once.
         let req = self.request(vec![person.clone()]);
         self.lookups += 1;
-        let ctx = LookupContext {
-            deadline: Instant::now(),
-        };
+        let ctx = LookupContext::until(Instant::now());
         match call(&self.adapter, ctx, req).await {
             Call::Hung => problems
                 .push("with its deadline already passed, the adapter did not return".to_owned()),

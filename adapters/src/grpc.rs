@@ -203,6 +203,7 @@ impl Adapter for GrpcAdapter {
         // sent as `grpc-timeout` so the department stops working when the
         // broker stops waiting.
         req.set_timeout(remaining);
+        ctx.trace(&mut req);
         Authorization::apply(self.authorization.as_ref(), &mut req);
         let mut client = self.client.clone();
         let response = match tokio::time::timeout_at(ctx.deadline, client.lookup(req)).await {

@@ -62,13 +62,37 @@ pub use error::AdapterError;
 pub struct LookupContext {
     /// The instant after which the broker no longer waits.
     pub deadline: Instant,
+    /// The W3C `traceparent` of the broker's span for this call, when the
+    /// broker traces: remote transports send it on (gRPC metadata, an HTTP
+    /// header) so the department's spans join the verification's trace.
+    pub traceparent: Option<String>,
 }
+
+/// The header (and gRPC metadata key) carrying [`LookupContext::traceparent`].
+pub const TRACEPARENT: &str = "traceparent";
 
 impl LookupContext {
     /// A context whose deadline is `timeout` from now.
     pub fn with_timeout(timeout: std::time::Duration) -> Self {
+        Self::until(Instant::now() + timeout)
+    }
+
+    /// A context whose deadline is `deadline`, not traced.
+    pub fn until(deadline: Instant) -> Self {
         Self {
-            deadline: Instant::now() + timeout,
+            deadline,
+            traceparent: None,
+        }
+    }
+
+    /// Adds the trace context to an outgoing gRPC request.
+    pub fn trace<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(v) = self
+            .traceparent
+            .as_deref()
+            .and_then(|tp| tonic::metadata::MetadataValue::try_from(tp).ok())
+        {
+            request.metadata_mut().insert(TRACEPARENT, v);
         }
     }
 

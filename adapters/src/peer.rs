@@ -301,6 +301,7 @@ impl PeerAdapter {
         let mut req = Request::new(inner.clone());
         req.set_timeout(ctx.remaining());
         req.metadata_mut().insert(VIA_HEADER, via.clone());
+        ctx.trace(&mut req);
         Authorization::apply(self.authorization.as_ref(), &mut req);
         let resp =
             match tokio::time::timeout_at(ctx.deadline, self.client.clone().lookup(req)).await {

@@ -1345,7 +1345,7 @@ async fn ask(
         purpose: purpose as i32,
         consent_reference: request.consent_reference.clone(),
     };
-    let ctx = LookupContext { deadline };
+    let ctx = LookupContext::until(deadline);
     let answer =
         match tokio::time::timeout_at(deadline, source.guard.lookup(&ctx, lookup, max_age)).await {
             Err(_) => Err(GuardError::Source(AdapterError::Timeout)),

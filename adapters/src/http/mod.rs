@@ -800,6 +800,9 @@ impl HttpAdapter {
         if let Some(h) = &self.deadline_header {
             builder = builder.header(h, ctx.remaining().as_millis().to_string());
         }
+        if let Some(tp) = &ctx.traceparent {
+            builder = builder.header(crate::TRACEPARENT, tp.as_str());
+        }
         match &self.auth {
             None => {}
             Some(Auth::Header(name, value)) => builder = builder.header(name, value.clone()),

@@ -328,8 +328,11 @@ impl SourceGuard {
             status = tracing::field::Empty,
             cache_hit = tracing::field::Empty,
         );
+        // The department's spans join the trace through this span.
+        let mut traced = ctx.clone();
+        traced.traceparent = crate::telemetry::traceparent(&span);
         let result = self
-            .lookup_guarded(ctx, request, max_age)
+            .lookup_guarded(&traced, request, max_age)
             .instrument(span.clone())
             .await;
         let (status, cache_hit) = match &result {

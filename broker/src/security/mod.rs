@@ -427,8 +427,13 @@ where
             let path = request.uri().path().to_owned();
             let response = match gate.admit(&path, request.extensions()).await {
                 Ok(caller) => {
+                    use tracing::Instrument;
                     request.extensions_mut().insert(caller);
-                    inner.call(request).await?
+                    // A caller's trace context is adopted: its trace goes
+                    // on through the broker to the departments.
+                    let span = tracing::info_span!("rpc", method = %path);
+                    crate::telemetry::adopt_caller_trace(&span, request.headers());
+                    inner.call(request).instrument(span).await?
                 }
                 Err(status) => status.into_http(),
             };

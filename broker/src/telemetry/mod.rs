@@ -298,6 +298,43 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics::new(&opentelemetry::global::meter_provider().meter("hedui")))
 }
 
+/// The W3C `traceparent` of `span`, when it is part of an exported trace
+/// (`None` when nothing is traced).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// Makes `span` a child of the trace a caller sent in `headers`
+/// (`traceparent`, `tracestate`), when it sent one.
+pub fn adopt_caller_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    let _ = span.set_parent(parent);
+}
+
 /// A `source` attribute.
 pub fn source(id: &str) -> KeyValue {
     KeyValue::new("source", id.to_owned())
