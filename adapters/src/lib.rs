@@ -129,3 +129,20 @@ pub trait Adapter: Send + Sync + fmt::Debug {
     /// An [`AdapterError`] when the source cannot be asked at all.
     async fn check(&self) -> Result<CheckResponse, AdapterError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_context_rides_outgoing_calls() {
+        let mut ctx = LookupContext::with_timeout(std::time::Duration::from_secs(1));
+        let mut req = tonic::Request::new(());
+        ctx.trace(&mut req);
+        assert!(req.metadata().get(TRACEPARENT).is_none());
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        ctx.traceparent = Some(tp.into());
+        ctx.trace(&mut req);
+        assert_eq!(req.metadata().get(TRACEPARENT).unwrap(), tp);
+    }
+}

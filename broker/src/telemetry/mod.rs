@@ -398,4 +398,33 @@ mod tests {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
     }
+
+    #[test]
+    fn a_callers_trace_goes_on_through_the_broker() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = SdkTracerProvider::builder().build();
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let mut headers = http::HeaderMap::new();
+            headers.insert("traceparent", caller.parse().unwrap());
+            let rpc = tracing::info_span!("rpc");
+            adopt_caller_trace(&rpc, &headers);
+            let source = rpc.in_scope(|| tracing::info_span!("source"));
+            let sent = traceparent(&source).expect("a traced span has a traceparent");
+            // The same trace, a new span: the department's spans join it.
+            assert!(
+                sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{sent}"
+            );
+            assert!(!sent.contains("00f067aa0ba902b7"), "{sent}");
+        });
+        // Nothing traced: nothing sent.
+        assert_eq!(traceparent(&tracing::info_span!("untraced")), None);
+    }
 }
