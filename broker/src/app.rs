@@ -34,6 +34,205 @@ pub struct Built {
     /// Handles of the sources on the `simulated` transport (counters and
     /// fault injection); empty when none is simulated.
     pub simulated: SimulatedAgencies,
+    /// What a configuration reload needs.
+    pub reloader: Reloader,
+}
+
+/// Reloads what can change while the broker runs (`SIGHUP`): the
+/// sources, their limits and cache lifetimes, the policies, what each
+/// purpose may see, consent, the clients and their quotas. The listener,
+/// stores, audit log, TLS, deadlines, change feed, telemetry and the
+/// cache's size take a restart; a new configuration that changes them is
+/// refused whole.
+pub struct Reloader {
+    registry: Registry,
+    cache: Option<crate::guard::AnswerCache>,
+    /// The configuration in force and, per source id, what its guard was
+    /// built from.
+    current: std::sync::Mutex<(Config, std::collections::BTreeMap<String, String>)>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
+/// What a source's guard is built from: a reload keeps the guard (its
+/// breaker, limiter, counters) when this is unchanged.
+fn fingerprint(
+    s: &crate::config::ResolvedSource,
+    settings: &crate::guard::config::GuardSettings,
+) -> String {
+    format!("{:?}|{:?}|{settings:?}", s.spec, s.transport)
+}
+
+impl Reloader {
+    /// Reads the configuration again (file, then `HEDUI__` variables) and
+    /// applies it ([`Reloader::reload`]); a refusal is recorded in the
+    /// audit log too.
+    ///
+    /// # Errors
+    /// As [`Reloader::reload`], or the configuration does not load.
+    pub async fn reload_from(
+        &self,
+        verifier: &Verifier,
+        gate: Option<&crate::security::Gate>,
+        path: Option<&std::path::Path>,
+    ) -> Result<String, String> {
+        let result = match Config::load_layered(path) {
+            Ok(new) => self.reload(verifier, gate, new).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &result {
+            let mut entry = crate::audit::Entry::new(crate::audit::Kind::Configuration);
+            entry.outcome = "refused".into();
+            entry.detail = format!("reload refused: {e}").chars().take(300).collect();
+            let _ = verifier.audit().record(entry).await;
+        }
+        result
+    }
+
+    /// Applies `new` to the running broker: checks it, records it in the
+    /// audit log, then swaps it in. Verifications under way finish with
+    /// the setup they started with. Returns what changed.
+    ///
+    /// # Errors
+    /// What is wrong or cannot be reloaded; nothing was changed then.
+    pub async fn reload(
+        &self,
+        verifier: &Verifier,
+        gate: Option<&crate::security::Gate>,
+        new: Config,
+    ) -> Result<String, String> {
+        let (old, old_prints) = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let fixed: [(&str, String, String); 9] = [
+            (
+                "server",
+                format!("{:?}", old.server),
+                format!("{:?}", new.server),
+            ),
+            (
+                "store",
+                format!("{:?}", old.store),
+                format!("{:?}", new.store),
+            ),
+            (
+                "audit",
+                format!("{:?}", old.audit),
+                format!("{:?}", new.audit),
+            ),
+            ("tls", format!("{:?}", old.tls), format!("{:?}", new.tls)),
+            (
+                "verification",
+                format!("{:?}", old.verification),
+                format!("{:?}", new.verification),
+            ),
+            (
+                "changes",
+                format!("{:?}", old.changes),
+                format!("{:?}", new.changes),
+            ),
+            (
+                "telemetry",
+                format!("{:?}", old.telemetry),
+                format!("{:?}", new.telemetry),
+            ),
+            ("ops", format!("{:?}", old.ops), format!("{:?}", new.ops)),
+            (
+                "cache.enabled / cache.max_bytes",
+                format!("{:?}", (old.cache.enabled, old.cache.max_bytes)),
+                format!("{:?}", (new.cache.enabled, new.cache.max_bytes)),
+            ),
+        ];
+        for (key, was, is) in &fixed {
+            if was != is {
+                return Err(format!(
+                    "{key}: changed, and it takes a restart to apply; nothing was reloaded"
+                ));
+            }
+        }
+        let resolved = new
+            .resolve_sources(&Catalog::dachuan())
+            .map_err(|e| format!("configuration: {e}"))?;
+        let running = verifier.sources();
+        let mut handles = Vec::with_capacity(resolved.len());
+        let mut prints = std::collections::BTreeMap::new();
+        let (mut kept, mut rebuilt, mut added) = (0, 0, 0);
+        for s in resolved {
+            let settings = crate::guard::config::settings_for(
+                &new.cache,
+                &new.limits,
+                &s.spec.id,
+                &s.spec.fact_kinds,
+            );
+            let print = fingerprint(&s, &settings);
+            let same = old_prints.get(&s.spec.id) == Some(&print);
+            let handle = match running.iter().find(|h| h.spec.id == s.spec.id) {
+                Some(h) if same => {
+                    kept += 1;
+                    h.clone()
+                }
+                existing => {
+                    if existing.is_some() {
+                        rebuilt += 1;
+                    } else {
+                        added += 1;
+                    }
+                    let adapter = self
+                        .registry
+                        .build(&s.spec, &s.transport)
+                        .map_err(|e| format!("source {:?}: {e}", s.spec.id))?;
+                    SourceHandle::new(s.spec.clone(), adapter, settings, self.cache.clone())
+                }
+            };
+            prints.insert(s.spec.id.clone(), print);
+            handles.push(handle);
+        }
+        let removed = running
+            .iter()
+            .filter(|h| !prints.contains_key(&h.spec.id))
+            .count();
+        let policies = match &new.policy.dir {
+            Some(dir) => PolicySet::load_dir(dir).map_err(|e| format!("policy.dir: {e}"))?,
+            None => PolicySet::embedded(),
+        };
+        let specs: Vec<_> = handles.iter().map(|h| h.spec.clone()).collect();
+        let disclosures = new
+            .disclosures(&specs)
+            .map_err(|e| format!("configuration: {e}"))?;
+        let summary = format!(
+            "sources: {kept} kept, {rebuilt} rebuilt, {added} added, {removed} removed; {} restricted purposes; consent required: {}; {} clients",
+            disclosures.len(),
+            new.consent.required,
+            new.clients.len()
+        );
+        // Recorded before it takes effect: a change the log cannot take is
+        // not made.
+        let mut entry = crate::audit::configuration_entry(&new);
+        entry.detail = format!("reloaded: {summary}");
+        verifier.audit().record(entry).await.map_err(|e| {
+            format!("the audit log cannot take the reload ({e}); nothing was reloaded")
+        })?;
+        verifier.replace_setup(crate::verify::Setup::new(
+            handles,
+            policies,
+            disclosures,
+            new.consent.required,
+        ));
+        if let Some(gate) = gate {
+            gate.reconfigure(&new.clients, new.quotas);
+        }
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (new, prints);
+        Ok(summary)
+    }
 }
 
 /// The transports this broker knows: those of the adapter SDK (`grpc`,
@@ -78,6 +277,7 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
         .enabled
         .then(|| crate::guard::AnswerCache::new(config.cache.max_bytes));
     let mut handles = Vec::with_capacity(sources.len());
+    let mut prints = std::collections::BTreeMap::new();
     for s in sources {
         let adapter = registry
             .build(&s.spec, &s.transport)
@@ -88,6 +288,7 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
             &s.spec.id,
             &s.spec.fact_kinds,
         );
+        prints.insert(s.spec.id.clone(), fingerprint(&s, &settings));
         handles.push(SourceHandle::new(s.spec, adapter, settings, cache.clone()));
     }
     let policies = match &config.policy.dir {
@@ -139,6 +340,11 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
         verifier,
         watch,
         simulated,
+        reloader: Reloader {
+            registry,
+            cache,
+            current: std::sync::Mutex::new((config.clone(), prints)),
+        },
     })
 }
 
@@ -1137,12 +1343,8 @@ mod tests {
             .insert("latency_p50_ms".into(), toml::Value::Integer(0));
         let built = build(&config).await.unwrap();
         let bound = |id: &str| {
-            let s = built
-                .verifier
-                .sources()
-                .iter()
-                .find(|s| s.spec.id == id)
-                .unwrap();
+            let sources = built.verifier.sources();
+            let s = sources.iter().find(|s| s.spec.id == id).unwrap();
             PurposeBound {
                 spec: s.spec.clone(),
                 inner: s.guard.clone(),

@@ -411,6 +411,29 @@ async fn main() -> anyhow::Result<()> {
                 insecure_plaintext,
             )
             .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
+            // SIGHUP: reload what can be reloaded, recorded in the audit
+            // log; a configuration that cannot be applied changes nothing.
+            #[cfg(unix)]
+            {
+                let reloader = Arc::new(built.reloader);
+                let verifier = Arc::clone(&built.verifier);
+                let gate = security.gate();
+                let path = config_path.clone();
+                let mut hup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                        .context("SIGHUP handler")?;
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        match reloader
+                            .reload_from(&verifier, Some(&gate), path.as_deref())
+                            .await
+                        {
+                            Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+                            Err(e) => tracing::warn!(error = %e, "configuration not reloaded"),
+                        }
+                    }
+                });
+            }
             if !security.is_tls() {
                 tracing::warn!(
                     "SERVING WITHOUT TLS ({}): every caller has every role; never use this with real data",

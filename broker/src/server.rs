@@ -130,6 +130,11 @@ impl Listener {
         })
     }
 
+    /// The gate every call passes (to reconfigure on a reload).
+    pub fn gate(&self) -> Arc<crate::security::Gate> {
+        self.gate.clone()
+    }
+
     /// Whether clients must present certificates.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

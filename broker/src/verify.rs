@@ -281,21 +281,80 @@ pub struct Deadlines {
 /// Runs verifications. Shared by every request in flight.
 #[derive(Debug)]
 pub struct Verifier {
-    sources: Vec<SourceHandle>,
-    household: usize,
-    policies: PolicySet,
+    /// What a configuration reload replaces; each verification works with
+    /// the one current when it started, to its end (late answers too).
+    setup: std::sync::RwLock<Arc<Setup>>,
     store: ReportStore,
     audit: AuditLog,
     deadlines: Deadlines,
     watchers: Watchers,
-    /// Per purpose number, what it may see (`[purposes]`); absent: every
-    /// source and every fact kind.
-    disclosures: std::collections::BTreeMap<i32, Arc<Disclosure>>,
     /// The registered authorization letters.
     consents: crate::consent::Consents,
+}
+
+/// What a verification is done with that configuration may change while
+/// the broker runs (`SIGHUP`): the sources, the policies, what each
+/// purpose may see, whether consent is required.
+#[derive(Debug)]
+pub struct Setup {
+    /// The sources asked, in order.
+    pub sources: Vec<SourceHandle>,
+    household: usize,
+    /// The income and asset policies.
+    pub policies: PolicySet,
+    /// Per purpose number, what it may see (`[purposes]`); absent: every
+    /// source and every fact kind.
+    pub disclosures: std::collections::BTreeMap<i32, Arc<Disclosure>>,
     /// Whether a verification needs a registered letter that covers it
     /// (`[consent] required`).
-    consent_required: bool,
+    pub consent_required: bool,
+}
+
+impl Setup {
+    /// A setup over `sources` (which must include the household source).
+    ///
+    /// # Panics
+    /// If no source has the id [`HOUSEHOLD_SOURCE`]; configuration checks
+    /// this before.
+    pub fn new(
+        sources: Vec<SourceHandle>,
+        policies: PolicySet,
+        disclosures: std::collections::BTreeMap<i32, Disclosure>,
+        consent_required: bool,
+    ) -> Self {
+        let household = sources
+            .iter()
+            .position(|s| s.spec.id == HOUSEHOLD_SOURCE)
+            .expect("the household source is configured");
+        Self {
+            sources,
+            household,
+            policies,
+            disclosures: disclosures
+                .into_iter()
+                .map(|(k, d)| (k, Arc::new(d)))
+                .collect(),
+            consent_required,
+        }
+    }
+
+    /// What the purpose (a proto number) may see; `None` when it is not
+    /// restricted.
+    pub fn disclosure(&self, purpose: i32) -> Option<Arc<Disclosure>> {
+        self.disclosures.get(&purpose).cloned()
+    }
+}
+
+/// The sources of the current setup, as a slice.
+#[derive(Debug, Clone)]
+pub struct Sources(Arc<Setup>);
+
+impl std::ops::Deref for Sources {
+    type Target = [SourceHandle];
+
+    fn deref(&self) -> &[SourceHandle] {
+        &self.0.sources
+    }
 }
 
 /// A request that passed validation, with its effective deadline.
@@ -319,52 +378,72 @@ impl Verifier {
         audit: AuditLog,
         deadlines: Deadlines,
     ) -> Self {
-        let household = sources
-            .iter()
-            .position(|s| s.spec.id == HOUSEHOLD_SOURCE)
-            .expect("the household source is configured");
         let consents = crate::consent::Consents::new(store.pool().clone(), audit.clone());
         Self {
-            sources,
-            household,
-            policies,
+            setup: std::sync::RwLock::new(Arc::new(Setup::new(
+                sources,
+                policies,
+                std::collections::BTreeMap::new(),
+                false,
+            ))),
             store,
             audit,
             deadlines,
             watchers: Watchers::default(),
-            disclosures: std::collections::BTreeMap::new(),
             consents,
-            consent_required: false,
         }
+    }
+
+    /// The setup verifications start with now.
+    pub fn setup(&self) -> Arc<Setup> {
+        self.setup
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the setup: verifications from now on use `setup`; those
+    /// under way finish with theirs.
+    pub fn replace_setup(&self, setup: Setup) {
+        *self
+            .setup
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(setup);
+    }
+
+    fn update_setup(mut self, change: impl FnOnce(&mut Setup)) -> Self {
+        let setup = self
+            .setup
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(Arc::get_mut(setup).expect("not shared while the verifier is built"));
+        self
     }
 
     /// Restricts purposes: per purpose number, the sources it may ask and
     /// the fact kinds it may see (`[purposes]`); a purpose not in
     /// `disclosures` asks every source and sees every kind.
     #[must_use]
-    pub fn with_purposes(
-        mut self,
-        disclosures: std::collections::BTreeMap<i32, Disclosure>,
-    ) -> Self {
-        self.disclosures = disclosures
-            .into_iter()
-            .map(|(k, d)| (k, Arc::new(d)))
-            .collect();
-        self
+    pub fn with_purposes(self, disclosures: std::collections::BTreeMap<i32, Disclosure>) -> Self {
+        self.update_setup(|s| {
+            s.disclosures = disclosures
+                .into_iter()
+                .map(|(k, d)| (k, Arc::new(d)))
+                .collect();
+        })
     }
 
-    /// What the purpose (a proto number) may see; `None` when it is not
-    /// restricted.
+    /// What the purpose (a proto number) may see now; `None` when it is
+    /// not restricted.
     pub fn disclosure(&self, purpose: i32) -> Option<Arc<Disclosure>> {
-        self.disclosures.get(&purpose).cloned()
+        self.setup().disclosure(purpose)
     }
 
     /// Requires (or not) a registered authorization letter that covers
     /// every verification (`[consent] required`).
     #[must_use]
-    pub fn with_consent_required(mut self, required: bool) -> Self {
-        self.consent_required = required;
-        self
+    pub fn with_consent_required(self, required: bool) -> Self {
+        self.update_setup(|s| s.consent_required = required)
     }
 
     /// The audit log.
@@ -465,9 +544,9 @@ impl Verifier {
         self.deadlines.max
     }
 
-    /// The sources asked, in order.
-    pub fn sources(&self) -> &[SourceHandle] {
-        &self.sources
+    /// The sources asked now, in order.
+    pub fn sources(&self) -> Sources {
+        Sources(self.setup())
     }
 
     /// The report store.
@@ -621,6 +700,8 @@ impl Verifier {
         caller: &Caller,
         events: Option<mpsc::Sender<StreamVerifyResponse>>,
     ) -> Result<Report, VerifyError> {
+        // This verification works with the setup current now, to its end.
+        let setup = self.setup();
         let ValidRequest {
             request,
             timeout,
@@ -648,7 +729,7 @@ impl Verifier {
         })?;
         // 0b. The authorization letter, when one is required: no source is
         // asked for a request it does not cover.
-        let letter = if self.consent_required {
+        let letter = if setup.consent_required {
             let owner = caller.consent_owner();
             let letter = self
                 .consents
@@ -679,13 +760,13 @@ impl Verifier {
         };
 
         // 1. The household, through household registration.
-        let household_source = &self.sources[self.household];
+        let household_source = &setup.sources[setup.household];
         let limits = Limits {
             purpose,
             deadline,
             max_age,
         };
-        let disclosure = self.disclosure(request.purpose);
+        let disclosure = setup.disclosure(request.purpose);
         let household_outcome = ask(
             &narrowed(disclosure.as_deref(), household_source),
             &report_id,
@@ -721,7 +802,7 @@ impl Verifier {
         send(Event::HouseholdResolved(HouseholdResolved {
             report_id: report_id.clone(),
             members: household.members.clone(),
-            source_ids: self.sources.iter().map(|s| s.spec.id.clone()).collect(),
+            source_ids: setup.sources.iter().map(|s| s.spec.id.clone()).collect(),
         }));
         send(Event::SourceResult(household_outcome.result.clone()));
 
@@ -730,13 +811,13 @@ impl Verifier {
         // as its own task, so that it can outlive this request.
         let person_ids = household.active_ids.clone();
         let shared = Arc::new(request.clone());
-        let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; self.sources.len()];
-        outcomes[self.household] = Some(household_outcome);
+        let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; setup.sources.len()];
+        outcomes[setup.household] = Some(household_outcome);
         let mut regular = FuturesUnordered::new();
         let mut late: LateAnswers = FuturesUnordered::new();
         let mut pending_until = deadline;
-        for (i, source) in self.sources.iter().enumerate() {
-            if i == self.household {
+        for (i, source) in setup.sources.iter().enumerate() {
+            if i == setup.household {
                 continue;
             }
             if let Some(why) = disclosure.as_ref().and_then(|d| d.not_asked(&source.spec)) {
@@ -797,8 +878,8 @@ impl Verifier {
                 Some((i, joined)) = late.next() => {
                     let outcome = restricted(
                         disclosure.as_deref(),
-                        &self.sources[i],
-                        joined_outcome(&self.sources[i], joined),
+                        &setup.sources[i],
+                        joined_outcome(&setup.sources[i], joined),
                     );
                     send(Event::SourceResult(outcome.result.clone()));
                     outcomes[i] = Some(outcome);
@@ -813,7 +894,7 @@ impl Verifier {
         let mut returned = outcomes.clone();
         for (i, o) in returned.iter_mut().enumerate() {
             if o.is_none() {
-                let source = &self.sources[i];
+                let source = &setup.sources[i];
                 let outcome = restricted(
                     disclosure.as_deref(),
                     source,
@@ -827,7 +908,7 @@ impl Verifier {
 
         // 3. Fold, in catalog order.
         let today = crate::time::china_date();
-        let policy = self.policies.select(&household.region_code, today);
+        let policy = setup.policies.select(&household.region_code, today);
         let mut report = fold(FoldInput {
             report_id: report_id.clone(),
             request: &request,
@@ -862,6 +943,7 @@ impl Verifier {
         }
         if report.pending {
             let completion = Completion {
+                setup: setup.clone(),
                 report_id,
                 request,
                 requested_at,
@@ -882,7 +964,7 @@ impl Verifier {
     pub fn invalidate_person(&self, person_id: &str) {
         // The sources share one cache (a source with it off holds none):
         // the first guard that has it drops the person once for all.
-        if let Some(cache) = self.sources.iter().find_map(|s| s.guard.cache()) {
+        if let Some(cache) = self.setup().sources.iter().find_map(|s| s.guard.cache()) {
             cache.invalidate_person(person_id);
         }
     }
@@ -898,6 +980,7 @@ impl Verifier {
     /// report.
     async fn complete(self: Arc<Self>, c: Completion, mut late: LateAnswers) {
         let Completion {
+            setup,
             report_id,
             request,
             requested_at,
@@ -907,10 +990,10 @@ impl Verifier {
             mut outcomes,
         } = c;
         let mut late_ids = Vec::new();
-        let disclosure = self.disclosure(request.purpose);
+        let disclosure = setup.disclosure(request.purpose);
         while let Some((i, joined)) = late.next().await {
             late_ids.push(i);
-            let source = &self.sources[i];
+            let source = &setup.sources[i];
             outcomes[i] = Some(restricted(
                 disclosure.as_deref(),
                 source,
@@ -918,7 +1001,7 @@ impl Verifier {
             ));
         }
         let outcomes: Vec<SourceOutcome> = outcomes.into_iter().flatten().collect();
-        let policy = self.policies.select(&household.region_code, today);
+        let policy = setup.policies.select(&household.region_code, today);
         let mut report = fold(FoldInput {
             report_id: report_id.clone(),
             request: &request,
@@ -1017,6 +1100,7 @@ type LateAnswers = FuturesUnordered<
 /// What completing a report needs besides the late answers.
 #[derive(Debug)]
 struct Completion {
+    setup: Arc<Setup>,
     report_id: String,
     request: VerificationRequest,
     requested_at: SystemTime,
@@ -1179,8 +1263,9 @@ impl Verifier {
         ids.dedup();
         entry.subjects = ids.into_iter().map(|id| key.subject(id)).collect();
         // A source the purpose may not ask is not said to be asked.
-        let disclosure = self.disclosure(request.purpose);
-        entry.sources = self
+        let setup = self.setup();
+        let disclosure = setup.disclosure(request.purpose);
+        entry.sources = setup
             .sources
             .iter()
             .map(|s| SourceEntry {

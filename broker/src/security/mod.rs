@@ -186,31 +186,21 @@ struct Client {
 pub struct Gate {
     audit: AuditLog,
     tls: bool,
-    clients: BTreeMap<String, Client>,
+    /// Replaced as a whole on a configuration reload.
+    clients: std::sync::RwLock<Arc<Clients>>,
+}
+
+/// The clients and quotas of one configuration.
+struct Clients {
+    known: BTreeMap<String, Client>,
     default_quota: QuotaConfig,
     peers: Mutex<HashMap<IpAddr, Arc<Quota>>>,
     overflow: Arc<Quota>,
 }
 
-impl std::fmt::Debug for Gate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gate")
-            .field("tls", &self.tls)
-            .field("clients", &self.clients.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Gate {
-    /// A gate for certificate identities (`tls`) or for the plaintext
-    /// development mode.
-    pub fn new(
-        audit: AuditLog,
-        tls: bool,
-        clients: &BTreeMap<String, ClientConfig>,
-        default_quota: QuotaConfig,
-    ) -> Self {
-        let clients = clients
+impl Clients {
+    fn new(clients: &BTreeMap<String, ClientConfig>, default_quota: QuotaConfig) -> Self {
+        let known = clients
             .iter()
             .map(|(id, c)| {
                 let purposes = c.purposes.as_ref().map(|ps| {
@@ -227,9 +217,7 @@ impl Gate {
             })
             .collect();
         Self {
-            audit,
-            tls,
-            clients,
+            known,
             default_quota,
             peers: Mutex::new(HashMap::new()),
             overflow: Arc::new(Quota::new(default_quota)),
@@ -250,6 +238,53 @@ impl Gate {
         let q = Arc::new(Quota::new(self.default_quota));
         peers.insert(ip, q.clone());
         q
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("tls", &self.tls)
+            .field("clients", &self.clients().known.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    /// A gate for certificate identities (`tls`) or for the plaintext
+    /// development mode.
+    pub fn new(
+        audit: AuditLog,
+        tls: bool,
+        clients: &BTreeMap<String, ClientConfig>,
+        default_quota: QuotaConfig,
+    ) -> Self {
+        Self {
+            audit,
+            tls,
+            clients: std::sync::RwLock::new(Arc::new(Clients::new(clients, default_quota))),
+        }
+    }
+
+    fn clients(&self) -> Arc<Clients> {
+        self.clients
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the clients, their roles and quotas (a configuration
+    /// reload); quotas start afresh.
+    pub fn reconfigure(
+        &self,
+        clients: &BTreeMap<String, ClientConfig>,
+        default_quota: QuotaConfig,
+    ) {
+        *self
+            .clients
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(Clients::new(clients, default_quota));
     }
 
     async fn refuse(&self, caller: &Caller, outcome: &str, status: Status) -> Status {
@@ -288,7 +323,8 @@ impl Gate {
                     .refuse(&Caller::new(peer), "unauthenticated", status)
                     .await);
             };
-            let Some(client) = self.clients.get(&identity) else {
+            let clients = self.clients();
+            let Some(client) = clients.known.get(&identity) else {
                 let status = Status::unauthenticated(format!(
                     "client certificate identity {identity:?} has no role at this broker"
                 ));
@@ -303,9 +339,10 @@ impl Gate {
                 .get::<TcpConnectInfo>()
                 .and_then(TcpConnectInfo::remote_addr)
                 .map(|a| a.ip());
+            let clients = self.clients();
             match ip {
-                Some(ip) => (Caller::new(ip.to_string()), self.peer_quota(ip)),
-                None => (Caller::new("anonymous"), self.overflow.clone()),
+                Some(ip) => (Caller::new(ip.to_string()), clients.peer_quota(ip)),
+                None => (Caller::new("anonymous"), clients.overflow.clone()),
             }
         };
         let needed = roles_for(path);
