@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hedui/v1/audit.proto",
         "hedui/v1/watch.proto",
         "hedui/v1/consent.proto",
+        "hedui/v1/health.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -21,6 +21,8 @@
 //!   check that a verification is covered by one.
 //! - [`security`]: roles, and the one place a call without its role is
 //!   refused.
+//! - [`health`]: `SourceHealthService` (how each source has answered
+//!   lately), the standard gRPC health service and `hedui sources`.
 //! - [`server`]: the gRPC API and the single place errors become statuses.
 //! - [`app`]: assembling a broker from configuration; the demo.
 //! - [`watch`]: households under management: enrolment, change events
@@ -36,6 +38,7 @@ pub mod client;
 pub mod config;
 pub mod consent;
 pub mod guard;
+pub mod health;
 pub mod render;
 pub mod report;
 pub mod security;

@@ -123,6 +123,17 @@ enum Command {
         #[command(flatten)]
         connect: client::Connect,
     },
+    /// Each source's health: up, degraded, breaker open or rate limited,
+    /// with its recent calls, error rate and latency.
+    Sources {
+        /// Keep watching: print the table again every 10 s and whenever a
+        /// source's state changes.
+        #[arg(long)]
+        watch: bool,
+        /// How to reach the broker.
+        #[command(flatten)]
+        connect: client::Connect,
+    },
     /// Re-verify every household this client has enrolled (bulk review),
     /// resuming an unfinished review, with a progress bar.
     Review {
@@ -634,6 +645,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             connect,
         } => client::review(&connect, concurrency).await,
+        Command::Sources { watch, connect } => hedui::health::run_cli(&connect, watch).await,
         Command::Consent(command) => hedui::consent::cli::run(command).await,
         Command::BenchAudit(args) => hedui::audit::bench::run(&args).await,
         Command::BenchReview(args) => hedui::watch::bench::run(&args).await,

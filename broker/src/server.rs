@@ -371,6 +371,15 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let source_health =
+        hedui_proto::v1::source_health_service_server::SourceHealthServiceServer::new(
+            crate::health::SourceHealthApi::new(verifier.clone()),
+        )
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
+    // Stops when `serve` returns, however it returns.
+    let _health_task = crate::health::spawn_track_audit(verifier.clone(), health_reporter);
     let api = VerificationServiceServer::new(VerificationApi::new(verifier))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -379,7 +388,7 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    info!(addr = ?addr, tls = security.is_tls(), "serving hedui.v1.VerificationService, WatchService, ConsentService and AuditService");
+    info!(addr = ?addr, tls = security.is_tls(), "serving hedui.v1.VerificationService, WatchService, ConsentService, AuditService and SourceHealthService, and grpc.health.v1.Health");
     let audit_log = verifier_audit;
     let router = tonic::transport::Server::builder()
         .layer(crate::security::GateLayer(security.gate.clone()))
@@ -387,6 +396,8 @@ pub async fn serve(
         .add_service(watch)
         .add_service(consent)
         .add_service(audit)
+        .add_service(source_health)
+        .add_service(grpc_health)
         .add_service(reflection);
     match security.tls {
         Some((acceptor, timeout)) => {

@@ -11,6 +11,8 @@
 //!   and their alerts.
 //! - `hedui/v1/consent.proto`: `ConsentService`, the authorization letters
 //!   (授权书) verifications name.
+//! - `hedui/v1/health.proto`: `SourceHealthService`, how each source has
+//!   answered lately (up, degraded, breaker open, rate limited).
 //! - `hedui/v1/audit.proto`: `AuditService`, the access log for auditors
 //!   and for households.
 //!
@@ -119,5 +121,6 @@ mod tests {
         assert!(services.contains(&"VerificationService".to_owned()));
         assert!(services.contains(&"AdapterService".to_owned()));
         assert!(services.contains(&"ConsentService".to_owned()));
+        assert!(services.contains(&"SourceHealthService".to_owned()));
     }
 }

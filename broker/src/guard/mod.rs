@@ -25,6 +25,7 @@
 pub mod breaker;
 pub mod budget;
 pub mod config;
+pub mod health;
 
 use std::{
     fmt,
@@ -221,6 +222,8 @@ pub struct SourceGuard {
     bulkhead: Option<Semaphore>,
     breaker: Breaker,
     budget: RetryBudget,
+    /// How the source has answered lately, for `SourceHealthService`.
+    health: health::HealthWindow,
 }
 
 impl fmt::Debug for SourceGuard {
@@ -278,6 +281,7 @@ impl SourceGuard {
             breaker,
             budget,
             settings,
+            health: health::HealthWindow::new(),
         }
     }
 
@@ -300,6 +304,16 @@ impl SourceGuard {
     /// source (zero: not beyond the request's deadline).
     pub fn late_deadline(&self) -> Duration {
         Duration::from_millis(self.settings.limits.late_deadline_ms)
+    }
+
+    /// How the source has answered lately.
+    pub fn health(&self) -> &health::HealthWindow {
+        &self.health
+    }
+
+    /// The broker's rate limit for the source, calls per second (0: none).
+    pub fn rate_per_s(&self) -> u32 {
+        self.settings.limits.rate_per_s
     }
 
     /// The breaker's state.
@@ -438,10 +452,10 @@ impl SourceGuard {
         ctx: &LookupContext,
         request: &LookupRequest,
     ) -> Result<LookupResponse, GuardError> {
-        let admission = self
-            .breaker
-            .admit()
-            .map_err(|retry_in| GuardError::CircuitOpen { retry_in })?;
+        let admission = self.breaker.admit().map_err(|retry_in| {
+            self.health.record_refusal(health::Refusal::CircuitOpen);
+            GuardError::CircuitOpen { retry_in }
+        })?;
         self.budget.deposit();
         let limits = &self.settings.limits;
         let mut retries = 0;
@@ -452,6 +466,9 @@ impl SourceGuard {
                     return Ok(response);
                 }
                 Err(Attempt::NotAsked(e)) => {
+                    if matches!(e, GuardError::HeldBack(_)) {
+                        self.health.record_refusal(health::Refusal::RateLimited);
+                    }
                     self.breaker.abandon(admission);
                     return Err(e);
                 }
@@ -569,9 +586,16 @@ impl SourceGuard {
                 ),
             ],
         );
-        answer
-            .and_then(|resp| check_answer(request, &resp, &self.spec.fact_kinds).map(|()| resp))
-            .map_err(Attempt::Failed)
+        let answer = answer
+            .and_then(|resp| check_answer(request, &resp, &self.spec.fact_kinds).map(|()| resp));
+        self.health.record_call(
+            asked.elapsed(),
+            match &answer {
+                Ok(_) | Err(AdapterError::Rejected(_)) => health::CallOutcome::Answered,
+                Err(e) => health::CallOutcome::Failed(status_label(crate::verify::status_of(e))),
+            },
+        );
+        answer.map_err(Attempt::Failed)
     }
 }
 

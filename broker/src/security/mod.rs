@@ -155,6 +155,7 @@ pub fn roles_for(path: &str) -> &'static [Role] {
         ("hedui.v1.AuditService", "GetSubjectAccessHistory") => &[Role::Platform, Role::Auditor],
         ("hedui.v1.AuditService", _) => &[Role::Auditor],
         ("hedui.v1.ConsentService", _) => &[Role::Platform, Role::Admin],
+        ("hedui.v1.SourceHealthService", _) => &[Role::Platform, Role::Auditor, Role::Admin],
         _ => &[],
     }
 }
