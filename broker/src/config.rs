@@ -43,7 +43,7 @@
 //! ttl_s = 600
 //!
 //! [limits.default]            # per source: [limits.sources.<id>]
-//! rate_per_s = 0              # no rate limit
+//! rate_per_s = 100            # absent: no rate limit
 //! max_concurrent = 64
 //!
 //! [policy]

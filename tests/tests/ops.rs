@@ -83,7 +83,7 @@ async fn health_readiness_and_metrics_without_personal_data() {
         &format!(
             "[ops]\nlisten = \"127.0.0.1:0\"\n\n[simulation]\nhouseholds = {HOUSEHOLDS}\nlatency_p50_ms = 0\nlatency_p99_ms = 0\n"
         ),
-        &[],
+        &["--simulation-control", "127.0.0.1:0"],
         &log,
     )
     .await
@@ -123,6 +123,22 @@ async fn health_readiness_and_metrics_without_personal_data() {
         "{metrics}"
     );
     assert_no_identity_numbers(&metrics, &truths, "/metrics");
+    // The calls the metrics count are the calls the departments saw.
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("hedui_source_requests_total{") && l.contains("cache_hit=\"false\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let seen = hedui_tests::total_lookups(broker.simulation_control.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert!(seen > 0);
+    assert_eq!(
+        counted as u64, seen,
+        "/metrics counts {counted} calls, the agencies saw {seen}"
+    );
     assert_eq!(get(&ops, "/nothing").await.0, 404);
     broker.stop().await;
     // Every log line at debug level, span fields included (the log
@@ -176,4 +192,101 @@ async fn sigterm_drains_and_finishes_the_verification_in_flight() {
         .await
         .expect("the broker exits");
     assert!(status.success(), "{status:?}");
+}
+
+/// `hedui config check FILE` in `dir`: exit status and output.
+async fn config_check(
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    env: &[(&str, String)],
+) -> (bool, String) {
+    let out = tokio::process::Command::new(hedui_tests::workspace_bin("hedui"))
+        .arg("config")
+        .arg("check")
+        .arg(file)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_names_each_wrong_key_and_accepts_every_shipped_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        ("an unknown key", "[server]\nport = 3\n", "port"),
+        (
+            "a wrong type",
+            "[verification]\nmax_deadline_ms = \"soon\"\n",
+            "max_deadline_ms",
+        ),
+        (
+            "a rate limit of zero",
+            "[limits.default]\nrate_per_s = 0\n",
+            "rate_per_s",
+        ),
+        (
+            "a source's rate limit of zero",
+            "[limits.sources.rural-commercial-bank]\nrate_per_s = 0\n",
+            "rate_per_s",
+        ),
+        (
+            "a client quota of zero",
+            "[quotas]\nrate_per_s = 0\n",
+            "rate_per_s",
+        ),
+        (
+            "a missing secret file",
+            "[audit]\nhmac_key_file = \"no-such-key\"\n",
+            "hmac_key_file",
+        ),
+        (
+            "a missing TLS key",
+            "[tls]\ncert = \"b.pem\"\nkey = \"no-such-key.pem\"\nclient_ca = [\"ca.pem\"]\n[clients.\"spiffe://t/p\"]\nrole = \"platform\"\n",
+            "tls.",
+        ),
+    ];
+    for (what, text, names) in rows {
+        let file = dir.path().join("hedui.toml");
+        std::fs::write(&file, text).unwrap();
+        let (ok, out) = config_check(dir.path(), &file, &[]).await;
+        assert!(!ok, "{what}: accepted\n{out}");
+        assert!(
+            out.contains(names),
+            "{what}: does not name {names:?}\n{out}"
+        );
+        assert!(!out.contains("panicked"), "{what}\n{out}");
+    }
+    // Nothing was created by checking.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "hedui.toml")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Every configuration shipped under deploy/config is accepted (the
+    // compose and Kubernetes ones, with their environment and mounted
+    // files, by scripts/validate-deploy in tests/tests/deploy.rs), with
+    // the report store moved here as an operator would on this machine.
+    let store = [(
+        "HEDUI__STORE__PATH",
+        dir.path().join("r.db").display().to_string(),
+    )];
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&shipped).unwrap().flatten() {
+        let (ok, out) = config_check(dir.path(), &entry.path(), &store).await;
+        assert!(ok, "{}: {out}", entry.path().display());
+        n += 1;
+    }
+    assert!(n >= 5, "only {n} shipped files");
 }

@@ -13,7 +13,7 @@
 //! ttl_s = 3600
 //!
 //! [limits.default]             # every source, unless its own say otherwise
-//! rate_per_s = 0               # calls per second; 0 = no rate limit
+//! rate_per_s = 100             # calls per second; absent: no rate limit (0 is refused)
 //! burst = 0                    # calls at once above the rate; 0 = rate_per_s
 //! max_concurrent = 64          # calls in flight; 0 = no cap
 //! breaker_failures = 5         # consecutive failed lookups that open the breaker; 0 = never
@@ -100,8 +100,10 @@ fn default_no_record_ttl_s() -> u64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Calls per second; 0 = no rate limit.
-    #[serde(default)]
+    /// Calls per second; 0 (the value when the key is absent) means no
+    /// rate limit. Written as 0 it is refused: it would let no call
+    /// through.
+    #[serde(default, deserialize_with = "positive_rate")]
     pub rate_per_s: u32,
     /// Calls allowed at once above the rate; 0 = `rate_per_s`. The rate
     /// holds over any longer stretch whatever the burst; with a burst of
@@ -198,12 +200,27 @@ fn default_retry_backoff_ms() -> u64 {
     50
 }
 
+const ZERO_RATE: &str =
+    "a rate of 0 would let no call through; leave rate_per_s out for no rate limit";
+
+fn positive_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match <u32 as serde::Deserialize>::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(ZERO_RATE)),
+        rate => Ok(rate),
+    }
+}
+
+fn positive_rate_override<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    positive_rate(d).map(Some)
+}
+
 /// A source's own limits: any key of [`Limits`], the rest from
 /// `[limits]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
     /// See [`Limits::rate_per_s`].
+    #[serde(default, deserialize_with = "positive_rate_override")]
     pub rate_per_s: Option<u32>,
     /// See [`Limits::burst`].
     pub burst: Option<u32>,

@@ -10,7 +10,7 @@
 //! handshake_timeout_ms = 10000
 //!
 //! [quotas]                                # every client without its own
-//! rate_per_s = 50                         # calls per second (0: none)
+//! rate_per_s = 50                         # calls per second (absent: none)
 //! burst = 100                             # calls at once above the rate (0: a second's worth)
 //! max_concurrent = 16                     # verifications in flight (0: none)
 //!
@@ -61,8 +61,8 @@ fn default_handshake_timeout_ms() -> u64 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
-    /// Calls per second.
-    #[serde(default)]
+    /// Calls per second; absent: no limit (0 written is refused).
+    #[serde(default, deserialize_with = "positive_quota_rate")]
     pub rate_per_s: f64,
     /// Calls at once above the rate; 0 means a second's worth.
     #[serde(default)]
@@ -82,6 +82,7 @@ pub struct ClientConfig {
     /// `[purposes]`, e.g. `dibao_application`); absent means any.
     pub purposes: Option<Vec<String>>,
     /// Calls per second, overriding `[quotas]`.
+    #[serde(default, deserialize_with = "positive_quota_rate_override")]
     pub rate_per_s: Option<f64>,
     /// Burst, overriding `[quotas]`.
     pub burst: Option<u32>,
@@ -110,14 +111,32 @@ pub fn purpose_number(name: &str) -> Option<i32> {
 
 fn check_quota(key: &str, q: &QuotaConfig) -> Result<(), String> {
     if !q.rate_per_s.is_finite() || q.rate_per_s < 0.0 {
-        return Err(format!("{key}.rate_per_s: must be a number >= 0"));
+        return Err(format!("{key}.rate_per_s: must be a number >= 0.001"));
     }
     if q.rate_per_s > 0.0 && q.rate_per_s < 0.001 {
         return Err(format!(
-            "{key}.rate_per_s: must be 0 (no limit) or >= 0.001"
+            "{key}.rate_per_s: must be at least 0.001 (leave it out for no limit)"
         ));
     }
     Ok(())
+}
+
+/// A client's written rate: 0 is refused (it would let no call through);
+/// absent means no limit.
+fn positive_quota_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let rate = <f64 as serde::Deserialize>::deserialize(d)?;
+    if rate == 0.0 {
+        return Err(serde::de::Error::custom(
+            "a rate of 0 would let no call through; leave rate_per_s out for no limit",
+        ));
+    }
+    Ok(rate)
+}
+
+fn positive_quota_rate_override<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<f64>, D::Error> {
+    positive_quota_rate(d).map(Some)
 }
 
 /// Checks the security sections; the message names the key.
