@@ -290,3 +290,131 @@ async fn config_check_names_each_wrong_key_and_accepts_every_shipped_file() {
     }
     assert!(n >= 5, "only {n} shipped files");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_cuts_nothing_and_every_answer_is_audited() {
+    let mut broker = BrokerProcess::start(
+        &format!(
+            "[simulation]\nhouseholds = {HOUSEHOLDS}\nlatency_p50_ms = 100\nlatency_p99_ms = 300\n\n[cache]\nenabled = false\n"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let url = broker.url.clone();
+    let truths = truths();
+    // Eight clients, each verifying one household after another until the
+    // broker stops answering (bounded: 40 calls each).
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let url = url.clone();
+        let ids: Vec<String> = truths.iter().map(|t| t.applicant_id.clone()).collect();
+        clients.push(tokio::spawn(async move {
+            let mut answered = Vec::new();
+            let mut refused = Vec::new();
+            let Ok(channel) = tonic::transport::Channel::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return (answered, refused);
+            };
+            let mut client =
+                hedui_proto::v1::verification_service_client::VerificationServiceClient::new(
+                    channel,
+                );
+            for i in 0..40 {
+                match client.verify(verify(&ids[(c * 5 + i) % ids.len()])).await {
+                    Ok(r) => answered.push(r.into_inner().report.unwrap().report_id),
+                    Err(status) => {
+                        refused.push(status);
+                        break;
+                    }
+                }
+            }
+            (answered, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = broker.pid().unwrap();
+    assert!(
+        tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let mut answered = Vec::new();
+    let mut refused = Vec::new();
+    for c in clients {
+        let (a, r) = c.await.unwrap();
+        answered.extend(a);
+        refused.extend(r);
+    }
+    let status = broker
+        .wait(Duration::from_secs(40))
+        .await
+        .expect("the broker exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !answered.is_empty(),
+        "nothing was answered before the signal"
+    );
+    // A call after the signal is refused as the server going away
+    // (UNAVAILABLE, or CANCELLED when it raced the server's GOAWAY); none
+    // is cut with another error.
+    for s in &refused {
+        assert!(
+            matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled),
+            "a call cut mid-way: {s:?}"
+        );
+    }
+    // Every answered report has its audit record, in a log that verifies.
+    let broker = broker.restart().await.unwrap();
+    let mut audit = broker.audit_client().await.unwrap();
+    let mut recorded = std::collections::BTreeSet::new();
+    let mut token = String::new();
+    loop {
+        let page = audit
+            .query_records(hedui_proto::v1::QueryRecordsRequest {
+                auditor_id: "inspector-1".into(),
+                filter: Some(hedui_proto::v1::AuditFilter {
+                    kind: hedui_proto::v1::AuditRecordKind::Verification as i32,
+                    ..Default::default()
+                }),
+                page_size: 1000,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        recorded.extend(page.records.into_iter().map(|r| r.request_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    for id in &answered {
+        assert!(
+            recorded.contains(id),
+            "report {id} was answered without its record"
+        );
+    }
+    let chain = audit
+        .get_chain_status(hedui_proto::v1::GetChainStatusRequest {
+            auditor_id: "inspector-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(chain.verified, "{chain:?}");
+    eprintln!(
+        "{} answered, {} refused at shutdown ({:?}), all answered ones audited",
+        answered.len(),
+        refused.len(),
+        refused.iter().map(|s| s.code()).collect::<Vec<_>>()
+    );
+    broker.stop().await;
+}
