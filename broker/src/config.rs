@@ -3,9 +3,15 @@
 //! reports and the 28 sources of Dachuan answered by in-process simulated
 //! agencies.
 //!
+//! Layered: embedded defaults, then the file, then `HEDUI__SECTION__KEY`
+//! environment variables ([`Config::layered`]); `hedui config check FILE`
+//! checks it without starting anything. `SIGHUP` reloads what can change
+//! while running (`crate::app::Reloader`).
+//!
 //! ```toml
 //! [server]
 //! listen = "127.0.0.1:50051"
+//! shutdown_grace_ms = 20000   # after SIGTERM, time for calls in flight
 //!
 //! [tls]                       # see crate::security::config for every key
 //! cert = "broker.pem"         # with key, client_ca, crl, min_version
