@@ -123,7 +123,8 @@ impl Listener {
                 ))
             }
         };
-        let gate = crate::security::Gate::new(audit, tls.is_some(), &config.clients, config.quotas);
+        let gate = crate::security::Gate::new(audit, tls.is_some(), &config.clients, config.quotas)
+            .with_max_in_flight(config.server.max_in_flight);
         Ok(Self {
             gate: Arc::new(gate),
             tls,

@@ -658,3 +658,43 @@ impl BrokerProcess {
         })
     }
 }
+
+impl BrokerProcess {
+    /// Starts `hedui serve` as [`BrokerProcess::start`] does, with these
+    /// environment variables (e.g. `HEDUI__SERVER__MAX_IN_FLIGHT`: keys of
+    /// sections the harness writes itself).
+    ///
+    /// # Errors
+    /// When the process does not start or get ready.
+    pub async fn start_with_env(
+        config_body: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("hedui.toml");
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"reports.db\"\n\n[verification]\ndefault_deadline_ms = 10000\n\n{config_body}"
+        );
+        std::fs::write(&config_path, config)?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, url, ready) = spawn_hedui(&config_path, |c| {
+            c.args(&args).current_dir(dir.path());
+            for (k, v) in env {
+                c.env(k, v);
+            }
+        })
+        .await?;
+        Ok(Self {
+            child,
+            url,
+            federation: ready["federation"].as_str().map(|a| format!("http://{a}")),
+            simulation_control: ready["simulation_control"]
+                .as_str()
+                .map(|a| format!("http://{a}")),
+            ops: ready["ops"].as_str().map(str::to_owned),
+            dir,
+            args,
+        })
+    }
+}

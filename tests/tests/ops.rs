@@ -418,3 +418,51 @@ async fn sigterm_under_load_cuts_nothing_and_every_answer_is_audited() {
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_in_flight_calls_are_shed_at_once() {
+    // Two verifications at once at most; sources take about a second.
+    let broker = BrokerProcess::start_with_env(
+        &format!(
+            "[simulation]\nhouseholds = {HOUSEHOLDS}\nlatency_p50_ms = 1000\nlatency_p99_ms = 1200\n\n[cache]\nenabled = false\n"
+        ),
+        &[],
+        &[("HEDUI__SERVER__MAX_IN_FLIGHT", "2")],
+    )
+    .await
+    .unwrap();
+    let truths = truths();
+    let client = broker.client().await.unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let mut client = client.clone();
+            let id = truths[i].applicant_id.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let result = client.verify(verify(&id)).await;
+                (result.map(|_| ()), started.elapsed())
+            })
+        })
+        .collect();
+    let (mut served, mut shed) = (0, 0);
+    for call in calls {
+        let (result, took) = call.await.unwrap();
+        match result {
+            Ok(()) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(
+                    status.message().contains("server.max_in_flight"),
+                    "{status:?}"
+                );
+                assert!(status.metadata().get("retry-after-ms").is_some());
+                // At once, not after a source's second nor a deadline.
+                assert!(took < Duration::from_millis(900), "shed after {took:?}");
+                shed += 1;
+            }
+        }
+    }
+    assert_eq!(served, 2, "{served} served, {shed} shed");
+    assert_eq!(shed, 6);
+    broker.stop().await;
+}

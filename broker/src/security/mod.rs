@@ -187,6 +187,9 @@ struct Client {
 pub struct Gate {
     audit: AuditLog,
     tls: bool,
+    /// The broker's own limit on verifications in flight, over all
+    /// clients (`server.max_in_flight`): beyond it calls are shed at once.
+    in_flight: Option<(Arc<tokio::sync::Semaphore>, usize)>,
     /// Replaced as a whole on a configuration reload.
     clients: std::sync::RwLock<Arc<Clients>>,
 }
@@ -263,8 +266,17 @@ impl Gate {
         Self {
             audit,
             tls,
+            in_flight: None,
             clients: std::sync::RwLock::new(Arc::new(Clients::new(clients, default_quota))),
         }
+    }
+
+    /// Sheds verifications beyond `max` in flight over all clients
+    /// (0: no limit).
+    #[must_use]
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.in_flight = (max > 0).then(|| (Arc::new(tokio::sync::Semaphore::new(max)), max));
+        self
     }
 
     fn clients(&self) -> Arc<Clients> {
@@ -383,7 +395,23 @@ impl Gate {
         };
         quota.call().map_err(exhausted)?;
         if takes_slot(path) {
-            caller.slot = quota.slot().map_err(exhausted)?;
+            let mut permits = Vec::new();
+            if let Some((slots, max)) = &self.in_flight {
+                // Overload: shed at once what cannot start now, rather
+                // than queue it past its deadline.
+                let permit = slots.clone().try_acquire_owned().map_err(|_| {
+                    let mut status = Status::unavailable(format!(
+                        "the broker has {max} verifications in flight, its limit (server.max_in_flight); retry shortly"
+                    ));
+                    status
+                        .metadata_mut()
+                        .insert("retry-after-ms", tonic::metadata::MetadataValue::from(100u32));
+                    status
+                })?;
+                permits.push(permit);
+            }
+            permits.extend(quota.slot().map_err(exhausted)?);
+            caller.slot = quota::Slot::of(permits);
         }
         Ok(caller)
     }

@@ -29,9 +29,17 @@ pub enum Exhausted {
     Concurrency(u32),
 }
 
-/// A slot for one verification in flight; released when dropped.
+/// The slots one verification in flight holds (its client's, the
+/// broker's); released when the last clone is dropped.
 #[derive(Debug, Clone)]
-pub struct Slot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+pub struct Slot(#[allow(dead_code)] Arc<Vec<OwnedSemaphorePermit>>);
+
+impl Slot {
+    /// One slot holding these permits, or `None` when there are none.
+    pub fn of(permits: Vec<OwnedSemaphorePermit>) -> Option<Self> {
+        (!permits.is_empty()).then(|| Self(Arc::new(permits)))
+    }
+}
 
 impl PartialEq for Slot {
     fn eq(&self, _: &Self) -> bool {
@@ -89,13 +97,13 @@ impl Quota {
     ///
     /// # Errors
     /// [`Exhausted::Concurrency`] when every slot is taken.
-    pub fn slot(&self) -> Result<Option<Slot>, Exhausted> {
+    pub fn slot(&self) -> Result<Option<OwnedSemaphorePermit>, Exhausted> {
         match &self.slots {
             None => Ok(None),
             Some(slots) => slots
                 .clone()
                 .try_acquire_owned()
-                .map(|p| Some(Slot(Arc::new(p))))
+                .map(Some)
                 .map_err(|_| Exhausted::Concurrency(self.config.max_concurrent)),
         }
     }
@@ -120,7 +128,7 @@ mod tests {
         }
         let held = q.slot().unwrap();
         assert!(held.is_some());
-        assert_eq!(q.slot(), Err(Exhausted::Concurrency(1)));
+        assert!(matches!(q.slot(), Err(Exhausted::Concurrency(1))));
         drop(held);
         assert!(q.slot().unwrap().is_some());
         assert!(Quota::new(QuotaConfig::default()).is_unlimited());
