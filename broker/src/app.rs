@@ -164,12 +164,13 @@ impl Reloader {
         let mut prints = std::collections::BTreeMap::new();
         let (mut kept, mut rebuilt, mut added) = (0, 0, 0);
         for s in resolved {
-            let settings = crate::guard::config::settings_for(
+            let mut settings = crate::guard::config::settings_for(
                 &new.cache,
                 &new.limits,
                 &s.spec.id,
                 &s.spec.fact_kinds,
             );
+            settings.transport.clone_from(&s.transport.kind);
             let print = fingerprint(&s, &settings);
             let same = old_prints.get(&s.spec.id) == Some(&print);
             let handle = match running.iter().find(|h| h.spec.id == s.spec.id) {
@@ -282,12 +283,13 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
         let adapter = registry
             .build(&s.spec, &s.transport)
             .with_context(|| format!("source {:?}", s.spec.id))?;
-        let settings = crate::guard::config::settings_for(
+        let mut settings = crate::guard::config::settings_for(
             &config.cache,
             &config.limits,
             &s.spec.id,
             &s.spec.fact_kinds,
         );
+        settings.transport.clone_from(&s.transport.kind);
         prints.insert(s.spec.id.clone(), fingerprint(&s, &settings));
         handles.push(SourceHandle::new(s.spec, adapter, settings, cache.clone()));
     }

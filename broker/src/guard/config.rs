@@ -266,6 +266,9 @@ pub struct GuardSettings {
     pub default_ttl: Duration,
     /// Time to live of a "no record" answer.
     pub no_record_ttl: Duration,
+    /// The transport that reaches the source (`grpc`, `simulated`, ...),
+    /// for its spans.
+    pub transport: String,
 }
 
 impl GuardSettings {
@@ -277,6 +280,7 @@ impl GuardSettings {
             ttl: BTreeMap::new(),
             default_ttl: Duration::ZERO,
             no_record_ttl: Duration::ZERO,
+            transport: String::new(),
         }
     }
 
@@ -398,6 +402,7 @@ pub fn settings_for(
         })
         .collect();
     GuardSettings {
+        transport: String::new(),
         limits: limits
             .sources
             .get(id)

@@ -339,14 +339,19 @@ impl SourceGuard {
         let span = tracing::info_span!(
             "source",
             source = %self.spec.id,
+            transport = %self.settings.transport,
             status = tracing::field::Empty,
             cache_hit = tracing::field::Empty,
+            attempts = tracing::field::Empty,
         );
+        // Calls made to the adapter for this lookup (retries included; 0
+        // for a cache hit or a refusal).
+        let attempts = AtomicUsize::new(0);
         // The department's spans join the trace through this span.
         let mut traced = ctx.clone();
         traced.traceparent = crate::telemetry::traceparent(&span);
         let result = self
-            .lookup_guarded(&traced, request, max_age)
+            .lookup_guarded(&traced, request, max_age, &attempts)
             .instrument(span.clone())
             .await;
         let (status, cache_hit) = match &result {
@@ -362,6 +367,7 @@ impl SourceGuard {
         };
         span.record("status", status);
         span.record("cache_hit", cache_hit);
+        span.record("attempts", attempts.load(Ordering::Relaxed));
         let m = crate::telemetry::metrics();
         let source = crate::telemetry::source(&self.spec.id);
         m.source_requests.add(
@@ -388,12 +394,16 @@ impl SourceGuard {
         ctx: &LookupContext,
         request: LookupRequest,
         max_age: Option<Duration>,
+        attempts: &AtomicUsize,
     ) -> Result<Served, GuardError> {
         let Some(cache) = &self.cache else {
-            return self.call(ctx, &request).await.map(|response| Served {
-                response,
-                cache_hit: false,
-            });
+            return self
+                .call(ctx, &request, attempts)
+                .await
+                .map(|response| Served {
+                    response,
+                    cache_hit: false,
+                });
         };
         let key = CacheKey::of(&request);
         if let Some(hit) = cache.cache.get(&key).await {
@@ -413,7 +423,7 @@ impl SourceGuard {
             .cache
             .entry(key)
             .or_try_insert_with(async {
-                let response = self.call(ctx, &request).await?;
+                let response = self.call(ctx, &request, attempts).await?;
                 let kinds = response
                     .answers
                     .iter()
@@ -451,6 +461,7 @@ impl SourceGuard {
         &self,
         ctx: &LookupContext,
         request: &LookupRequest,
+        attempts: &AtomicUsize,
     ) -> Result<LookupResponse, GuardError> {
         let admission = self.breaker.admit().map_err(|retry_in| {
             self.health.record_refusal(health::Refusal::CircuitOpen);
@@ -460,7 +471,7 @@ impl SourceGuard {
         let limits = &self.settings.limits;
         let mut retries = 0;
         loop {
-            match self.attempt(ctx, request).await {
+            match self.attempt(ctx, request, attempts).await {
                 Ok(response) => {
                     self.breaker.success(admission);
                     return Ok(response);
@@ -505,6 +516,7 @@ impl SourceGuard {
         &self,
         ctx: &LookupContext,
         request: &LookupRequest,
+        attempts: &AtomicUsize,
     ) -> Result<LookupResponse, Attempt> {
         if let Some(limiter) = &self.limiter
             && limiter.check().is_err()
@@ -565,6 +577,7 @@ impl SourceGuard {
                 Attempt::NotAsked(GuardError::Source(AdapterError::Timeout))
             });
         }
+        attempts.fetch_add(1, Ordering::Relaxed);
         let asked = Instant::now();
         let answer =
             match tokio::time::timeout_at(ctx.deadline, self.adapter.lookup(ctx, request.clone()))

@@ -117,6 +117,7 @@ fn settings(limits: Limits) -> GuardSettings {
         ttl: Default::default(),
         default_ttl: Duration::from_secs(600),
         no_record_ttl: Duration::from_secs(600),
+        transport: "test".into(),
     }
 }
 
