@@ -24,6 +24,8 @@
 //! - [`health`]: `SourceHealthService` (how each source has answered
 //!   lately), the standard gRPC health service and `hedui sources`.
 //! - [`server`]: the gRPC API and the single place errors become statuses.
+//! - [`http`]: the same API as HTTP/JSON resources (problem+json errors,
+//!   server-sent events) and its OpenAPI description; gRPC-Web.
 //! - [`app`]: assembling a broker from configuration; the demo.
 //! - [`watch`]: households under management: enrolment, change events
 //!   (in process or NATS JetStream), re-verification and alerts.
@@ -39,6 +41,7 @@ pub mod config;
 pub mod consent;
 pub mod guard;
 pub mod health;
+pub mod http;
 pub mod render;
 pub mod report;
 pub mod security;

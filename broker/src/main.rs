@@ -83,6 +83,9 @@ enum Command {
     /// certificate and a client certificate per role.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Print the OpenAPI 3.1 description of the HTTP/JSON API (as served
+    /// at /v1/openapi.json and committed as docs/openapi.json).
+    Openapi,
     /// Adapters: run the conformance kit against a configured source.
     #[command(subcommand)]
     Adapter(AdapterCommand),
@@ -600,6 +603,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Verify(args) => client::verify(&args).await,
         Command::Config(ConfigCommand::Check { file, require_tls }) => {
             check_config(&file, require_tls)
+        }
+        Command::Openapi => {
+            print!("{}", hedui::http::openapi::document_json());
+            Ok(())
         }
         Command::Certs(CertsCommand::Dev { out, force }) => {
             let files = hedui::security::certs::dev(&out, force).map_err(anyhow::Error::msg)?;

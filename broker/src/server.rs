@@ -389,17 +389,27 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    info!(addr = ?addr, tls = security.is_tls(), "serving hedui.v1.VerificationService, WatchService, ConsentService, AuditService and SourceHealthService, and grpc.health.v1.Health");
+    info!(addr = ?addr, tls = security.is_tls(), "serving hedui.v1.VerificationService, WatchService, ConsentService, AuditService and SourceHealthService, and grpc.health.v1.Health, over gRPC, gRPC-Web and HTTP/JSON");
     let audit_log = verifier_audit;
-    let router = tonic::transport::Server::builder()
-        .layer(crate::security::GateLayer(security.gate.clone()))
-        .add_service(api)
+    // One set of services behind two faces: gRPC (and gRPC-Web, translated
+    // in front) and the HTTP/JSON resources, which call the same services.
+    let grpc = tonic::service::Routes::new(api)
         .add_service(watch)
         .add_service(consent)
         .add_service(audit)
         .add_service(source_health)
         .add_service(grpc_health)
         .add_service(reflection);
+    let app = grpc
+        .clone()
+        .into_axum_router()
+        .merge(crate::http::router(grpc))
+        .fallback(crate::http::fallback);
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(crate::http::WebLayer)
+        .layer(crate::security::GateLayer(security.gate.clone()))
+        .add_routes(tonic::service::Routes::from(app));
     match security.tls {
         Some((acceptor, timeout)) => {
             let incoming = crate::security::tls::incoming(listener, acceptor, audit_log, timeout);

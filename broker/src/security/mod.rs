@@ -490,7 +490,15 @@ where
         let gate = self.gate.clone();
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let path = request.uri().path().to_owned();
+            // An HTTP/JSON request is admitted as the RPC it stands for:
+            // the same roles, quotas and refusals.
+            let grpc = crate::http::is_grpc(request.headers());
+            let path = if grpc {
+                request.uri().path().to_owned()
+            } else {
+                crate::http::route_of(request.method(), request.uri().path())
+                    .map_or_else(|| request.uri().path().to_owned(), |r| r.rpc.to_owned())
+            };
             let response = match gate.admit(&path, request.extensions()).await {
                 Ok(caller) => {
                     use tracing::Instrument;
@@ -501,7 +509,9 @@ where
                     crate::telemetry::adopt_caller_trace(&span, request.headers());
                     inner.call(request).instrument(span).await?
                 }
-                Err(status) => status.into_http(),
+                Err(status) if grpc => status.into_http(),
+                Err(status) => crate::http::problem::response::<axum::body::Body>(&status)
+                    .map(tonic::body::Body::new),
             };
             record_rpc(&path, &response, started.elapsed());
             Ok(response)

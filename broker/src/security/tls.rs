@@ -98,7 +98,7 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
                 config.key.display()
             )
         })?;
-    server.alpn_protocols = vec![b"h2".to_vec()];
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(server))
 }
 
