@@ -56,14 +56,14 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// The field a status message names: the text before its first `": "`
 /// when that is a field path (`request.applicant_id`, `subjects[0]`,
-/// `page_size`).
+/// `page_size`, or a header such as `content-type`).
 pub fn field_of(message: &str) -> Option<&str> {
     let (head, _) = message.split_once(": ")?;
     let first = head.chars().next()?;
     let fits = first.is_ascii_lowercase()
         && head
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c));
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]-".contains(c));
     fits.then_some(head)
 }
 
