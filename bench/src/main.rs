@@ -17,7 +17,10 @@
 //! - S4: S2 with the cache on and a small set of households, warmed;
 //! - S5: resident memory of hedui with 1, 1,000 and 10,000 verifications in
 //!   flight (streams held open, sources hanging);
-//! - h2load driving S1's `Verify` with a pre-encoded request.
+//! - h2load driving S1's `Verify` with a pre-encoded request;
+//! - O1 and O2 (issue 10): goodput at twice the peak with shedding, and a
+//!   saturated source against households that do not need it
+//!   (`overload.rs`).
 //!
 //! `docs/benchmarks.md` has the commands and one run's figures.
 
@@ -25,6 +28,7 @@ mod clients;
 mod echo;
 mod load;
 mod output;
+mod overload;
 mod procs;
 mod scenarios;
 

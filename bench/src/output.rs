@@ -150,6 +150,8 @@ pub(crate) struct Results {
     pub(crate) s3: Option<LatencyComparison>,
     pub(crate) s5: Option<Memory>,
     pub(crate) h2load: Option<H2load>,
+    pub(crate) overload: Option<crate::overload::Overload>,
+    pub(crate) isolation: Option<crate::overload::Isolation>,
     pub(crate) ratios: Vec<Ratio>,
 }
 
@@ -269,6 +271,65 @@ impl Results {
                     );
                 }
             }
+        }
+        if let Some(o) = &self.overload {
+            let _ = writeln!(
+                out,
+                "\nO1 overload (server.max_in_flight {}; {}): p50 / p95 / p99 ms\n  \
+                 peak      {:>9.1} reports/s  {}  (RSS {} KiB; CPU ms/report hedui {:.3}, generator {:.3})\n  \
+                 offered   {:>9.1} calls/s\n  \
+                 goodput   {:>9.1} reports/s  {}  (RSS {} KiB; CPU ms/report hedui {:.3}, generator {:.3}), {:.3} of peak\n  \
+                 shed      {:>9} calls      {}\n  \
+                 other errors {}{}",
+                o.max_in_flight,
+                o.placement,
+                o.peak_per_s,
+                p(&o.peak_ms),
+                o.peak_rss_kib,
+                o.peak_server_cpu_ms,
+                o.peak_client_cpu_ms,
+                o.offered_per_s,
+                o.goodput_per_s,
+                p(&o.goodput_ms),
+                o.overload_rss_kib,
+                o.overload_server_cpu_ms,
+                o.overload_client_cpu_ms,
+                o.goodput_ratio,
+                o.shed,
+                p(&o.shed_ms),
+                o.other_errors,
+                o.first_other_error
+                    .as_deref()
+                    .map_or_else(String::new, |e| format!(", first: {e}"))
+            );
+        }
+        if let Some(o) = &self.isolation {
+            let _ = writeln!(
+                out,
+                "\nO2 a saturated source (bank: {}), medical assistance at {:.0}/s: p50 / p95 / p99 ms\n  \
+                 alone                                 {}  ({} errors)\n  \
+                 beside Dibao at {:>3.0}/s, bank healthy    {}  ({} errors; flood: {} with the bank, {} without)\n  \
+                 beside Dibao at {:>3.0}/s, bank saturated  {}  ({} errors; flood: {} with the bank, {} without)\n  \
+                 p99 saturated − healthy {:.2} ms{}",
+                o.bank,
+                o.rate_per_s,
+                p(&o.alone_ms),
+                o.alone_errors,
+                o.flood_per_s,
+                p(&o.healthy_ms),
+                o.healthy_errors,
+                o.healthy_flood.0,
+                o.healthy_flood.1,
+                o.flood_per_s,
+                p(&o.saturated_ms),
+                o.saturated_errors,
+                o.saturated_flood.0,
+                o.saturated_flood.1,
+                o.p99_difference_ms,
+                o.first_error
+                    .as_deref()
+                    .map_or_else(String::new, |e| format!("\n  first error: {e}"))
+            );
         }
         if !self.ratios.is_empty() {
             let _ = writeln!(

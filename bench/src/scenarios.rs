@@ -65,7 +65,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) s3_rate: Option<f64>,
     /// Scenarios to run, comma-separated, of a, b, s1, s2, s3, s4, s5,
-    /// h2load (default all). S3 needs S2's rate unless --s3-rate is given.
+    /// h2load, overload (O1), isolation (O2) (default all). S3 needs S2's rate unless --s3-rate is given.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
     /// Directory of the `hedui` and `mock-agencies` binaries (default:
@@ -77,7 +77,18 @@ pub(crate) struct RunArgs {
     pub(crate) json: Option<PathBuf>,
 }
 
-const ALL: [&str; 8] = ["a", "b", "s1", "h2load", "s2", "s3", "s4", "s5"];
+const ALL: [&str; 10] = [
+    "a",
+    "b",
+    "s1",
+    "h2load",
+    "s2",
+    "s3",
+    "s4",
+    "s5",
+    "overload",
+    "isolation",
+];
 
 fn ms_per_op(cpu_s: f64, ops: u64) -> Option<f64> {
     (ops > 0).then(|| cpu_s * 1000.0 / ops as f64)
@@ -91,24 +102,24 @@ fn load_average() -> String {
 
 /// The state of one run.
 #[derive(Debug)]
-struct Bench {
-    args: RunArgs,
-    bins: Binaries,
-    dir: tempfile::TempDir,
-    pop: PopulationArgs,
-    applicants: Arc<Vec<String>>,
+pub(crate) struct Bench {
+    pub(crate) args: RunArgs,
+    pub(crate) bins: Binaries,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) pop: PopulationArgs,
+    pub(crate) applicants: Arc<Vec<String>>,
     /// Number of the next request, so every request of the run has its own.
-    next: usize,
+    pub(crate) next: usize,
     rows: Vec<Row>,
     ratios: Vec<Ratio>,
 }
 
 impl Bench {
-    fn duration(&self) -> Duration {
+    pub(crate) fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.args.seconds)
     }
 
-    fn warm_up(&self) -> Duration {
+    pub(crate) fn warm_up(&self) -> Duration {
         Duration::from_secs_f64((self.args.seconds / 5.0).clamp(0.2, 2.0))
     }
 
@@ -197,7 +208,7 @@ impl Bench {
     }
 
     /// A closure verifying the `i`-th applicant through `channels`.
-    fn verifier(
+    pub(crate) fn verifier(
         &self,
         channels: Vec<Channel>,
         applicants: Arc<Vec<String>>,
@@ -357,7 +368,9 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
     if on("a") {
         baseline_a(&mut bench).await?;
     }
-    let needs_agencies_now = ["b", "s2", "s3", "s4", "s5"].iter().any(|s| on(s));
+    let needs_agencies_now = ["b", "s2", "s3", "s4", "s5", "isolation"]
+        .iter()
+        .any(|s| on(s));
     let agencies = if needs_agencies_now {
         Some(Agencies::start(&bench.bins, &bench.pop, bench.dir.path()).await?)
     } else {
@@ -371,7 +384,14 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
         h2load = s1(&mut bench, on("s1"), on("h2load")).await?;
     }
     let (mut s3, mut s5) = (None, None);
+    let (mut o1, mut o2) = (None, None);
+    if on("overload") {
+        o1 = Some(crate::overload::overload(&mut bench).await?);
+    }
     if let Some(agencies) = agencies {
+        if on("isolation") {
+            o2 = Some(crate::overload::isolation(&mut bench, &agencies).await?);
+        }
         if on("s2") || on("s3") {
             s3 = s2_s3(&mut bench, &agencies, on("s2"), on("s3")).await?;
         }
@@ -385,6 +405,20 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 
     ratios(&mut bench, s3.as_ref(), s5.as_ref(), h2load.as_ref());
+    if let Some(o) = &o1 {
+        bench.ratios.push(Ratio::at_least(
+            "O1 goodput at 2x peak / peak",
+            o.goodput_ratio,
+            0.9,
+        ));
+    }
+    if let Some(o) = &o2 {
+        bench.ratios.push(Ratio::at_most(
+            "O2 medical p99, bank saturated / bank healthy",
+            o.saturated_ms.p99_ms / o.healthy_ms.p99_ms.max(0.001),
+            1.1,
+        ));
+    }
     let order = ["A", "B", "S1", "S2", "S3", "S4"];
     bench
         .rows
@@ -395,6 +429,8 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
         s3,
         s5,
         h2load,
+        overload: o1,
+        isolation: o2,
         ratios: bench.ratios,
     };
     println!("{}", results.table());
