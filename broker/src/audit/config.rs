@@ -13,6 +13,7 @@
 //! checkpoint_every_records = 1000
 //! checkpoint_every_ms = 10000
 //! retention_days = 1096           # 3 years; below 183 (6 months) refused
+//! sqlite_cache_mib = 16           # sqlite: page cache per connection (4 of them)
 //! ```
 //!
 //! Without the key settings the embedded demo keys are used and the broker
@@ -61,6 +62,10 @@ pub struct AuditConfig {
     /// PostgreSQL: connections in the pool.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// SQLite: the page cache of each of the log's 4 connections, MiB
+    /// (the log's memory is bounded by 4 times this).
+    #[serde(default = "default_sqlite_cache_mib")]
+    pub sqlite_cache_mib: u32,
     /// The algorithm suite: `sha256-ed25519` (default) or `sm3-sm2`.
     #[serde(default)]
     pub suite: Suite,
@@ -156,6 +161,7 @@ impl Default for AuditConfig {
             url: None,
             schema: default_schema(),
             max_connections: default_max_connections(),
+            sqlite_cache_mib: default_sqlite_cache_mib(),
             suite: Suite::default(),
             hmac_key_file: None,
             hmac_key: None,
@@ -176,6 +182,9 @@ fn default_schema() -> String {
 }
 fn default_max_connections() -> u32 {
     8
+}
+fn default_sqlite_cache_mib() -> u32 {
+    16
 }
 fn default_checkpoint_records() -> u64 {
     1000
@@ -225,6 +234,12 @@ impl AuditConfig {
             return Err(
                 "audit.checkpoint_every_records, audit.checkpoint_every_ms: must be > 0".into(),
             );
+        }
+        if !(1..=1024).contains(&self.sqlite_cache_mib) {
+            return Err(format!(
+                "audit.sqlite_cache_mib: {} must be between 1 and 1024 (MiB per connection)",
+                self.sqlite_cache_mib
+            ));
         }
         if !(1..=10_000).contains(&self.batch_max) {
             return Err("audit.batch_max: must be between 1 and 10000".into());

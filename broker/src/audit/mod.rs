@@ -448,7 +448,9 @@ async fn check_head(backend: &dyn AuditBackend) -> Result<(), AuditError> {
 pub async fn open_backend(config: &AuditConfig) -> Result<Arc<dyn AuditBackend>, AuditError> {
     config.validate().map_err(AuditError::Config)?;
     let backend: Arc<dyn AuditBackend> = match config.backend {
-        BackendKind::Sqlite => Arc::new(sqlite::SqliteAudit::open(&config.sqlite_path()).await?),
+        BackendKind::Sqlite => Arc::new(
+            sqlite::SqliteAudit::open(&config.sqlite_path(), config.sqlite_cache_mib).await?,
+        ),
         BackendKind::Postgres => Arc::new(
             postgres::PostgresAudit::open(
                 config.url.as_deref().unwrap_or_default(),

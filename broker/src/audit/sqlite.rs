@@ -26,7 +26,7 @@ impl SqliteAudit {
     ///
     /// # Errors
     /// [`AuditError`] when the file cannot be opened or migrated.
-    pub async fn open(path: &Path) -> Result<Self, AuditError> {
+    pub async fn open(path: &Path, cache_mib: u32) -> Result<Self, AuditError> {
         let memory = path.as_os_str() == ":memory:";
         let options = if memory {
             SqliteConnectOptions::from_str("sqlite::memory:")?
@@ -40,11 +40,11 @@ impl SqliteAudit {
                 } else {
                     SqliteSynchronous::Full
                 })
-                // Index pages stay in memory; the WAL is copied back into
-                // the database by a task of its own (below), not by the
-                // committing writer (the automatic checkpoint is a safety
-                // net at 400 MB).
-                .pragma("cache_size", "-65536")
+                // Index pages stay in memory (bounded: `cache_mib` per
+                // connection); the WAL is copied back into the database by
+                // a task of its own (below), not by the committing writer
+                // (the automatic checkpoint is a safety net at 400 MB).
+                .pragma("cache_size", format!("-{}", u64::from(cache_mib) * 1024))
                 .pragma("wal_autocheckpoint", "100000")
                 // Statement journals of multi-row inserts in memory, not in
                 // temporary files.

@@ -87,7 +87,9 @@ impl TestStore {
     /// When the store cannot be opened.
     pub async fn backend(&self) -> Result<Arc<dyn AuditBackend>, AuditError> {
         Ok(match self.config.backend {
-            BackendKind::Sqlite => Arc::new(SqliteAudit::open(&self.config.sqlite_path()).await?),
+            BackendKind::Sqlite => Arc::new(
+                SqliteAudit::open(&self.config.sqlite_path(), self.config.sqlite_cache_mib).await?,
+            ),
             BackendKind::Postgres => {
                 Arc::new(PostgresAudit::open(&postgres_url(), &self.config.schema, 2).await?)
             }
