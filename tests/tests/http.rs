@@ -210,7 +210,8 @@ impl Tls {
              [clients.\"{PLATFORM_A}\"]\nrole = \"platform\"\n\n\
              [clients.\"{PLATFORM_B}\"]\nrole = \"platform\"\n\n\
              [clients.\"{PLATFORM_Q}\"]\nrole = \"platform\"\nrate_per_s = 0.5\nburst = 2\n\n\
-             [clients.\"{AUDITOR}\"]\nrole = \"auditor\"\n\n{}",
+             [clients.\"{AUDITOR}\"]\nrole = \"auditor\"\n\n\
+             [audit]\ncheckpoint_every_records = 1\n\n{}",
             simulation()
         );
         let broker = BrokerProcess::start(&config, &[]).await.unwrap();
@@ -383,6 +384,58 @@ async fn http_calls_pass_the_same_gate_as_their_rpcs() {
     for outcome in ["not_owner", "permission_denied", "unauthenticated"] {
         assert!(outcomes.contains(&outcome), "{outcome} not in {outcomes:?}");
     }
+
+    // An auditor proves a record's inclusion against a signed checkpoint,
+    // and the proof checks out; a platform may not ask.
+    let seq = denied[0]["seq"].as_str().unwrap_or("0").to_owned();
+    let mut proof = Value::Null;
+    for _ in 0..50 {
+        let answer = auditor
+            .get(f.url(&format!(
+                "/v1/audit/records/{seq}/proof?auditor_id=inspector-1"
+            )))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 200 {
+            proof = answer.json().await.unwrap();
+            break;
+        }
+        // No checkpoint covers it yet.
+        assert_eq!(problem(answer).await.0, 400);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hash = |v: &Value| -> [u8; 32] {
+        hex::decode(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let path: Vec<[u8; 32]> = proof["path"]
+        .as_array()
+        .map(|p| p.iter().map(hash).collect())
+        .unwrap_or_default();
+    let checkpoint = &proof["checkpoint"];
+    assert!(
+        hedui::audit::merkle::verify_inclusion(
+            hedui::audit::crypto::Suite::Sha256Ed25519,
+            &hash(&proof["leaf_hash"]),
+            seq.parse().unwrap(),
+            checkpoint["tree_size"].as_str().unwrap().parse().unwrap(),
+            &path,
+            &hash(&checkpoint["root"]),
+        ),
+        "the proof does not lead to the checkpoint's root: {proof}"
+    );
+    let (status, _) = problem(
+        platform
+            .get(f.url(&format!("/v1/audit/records/{seq}/proof?auditor_id=x")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
 
     // Over its quota a client gets 429 with a retry hint.
     let quota = f.client(PLATFORM_Q);

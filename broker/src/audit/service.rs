@@ -12,8 +12,9 @@ use hedui_proto::{
     v1::{
         AuditFilter, AuditRecord, AuditRecordKind, AuditSource, Checkpoint, ExportFormat,
         ExportRecordsRequest, ExportRecordsResponse, GetChainStatusRequest, GetChainStatusResponse,
-        GetSubjectAccessHistoryRequest, GetSubjectAccessHistoryResponse, QueryRecordsRequest,
-        QueryRecordsResponse, SubjectAccess, audit_service_server::AuditService,
+        GetInclusionProofRequest, GetInclusionProofResponse, GetSubjectAccessHistoryRequest,
+        GetSubjectAccessHistoryResponse, QueryRecordsRequest, QueryRecordsResponse, SubjectAccess,
+        audit_service_server::AuditService,
     },
 };
 use tokio::sync::mpsc;
@@ -513,6 +514,39 @@ impl AuditService for AuditApi {
                 signing_key: c.key,
                 signature: hex::encode(&c.signature),
             }),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<GetInclusionProofResponse>, Status> {
+        let r = request.get_ref().clone();
+        check_id("auditor_id", &r.auditor_id).map_err(to_status)?;
+        self.record_query(
+            &request,
+            &r.auditor_id,
+            format!("inclusion proof record={}", r.seq),
+            None,
+        )
+        .await
+        .map_err(to_status)?;
+        let proof =
+            crate::audit::check::prove(self.log.backend().as_ref(), self.log.suite(), r.seq)
+                .await
+                .map_err(to_status)?;
+        Ok(Response::new(GetInclusionProofResponse {
+            seq: proof.seq,
+            leaf_hash: hex::encode(proof.leaf_hash),
+            checkpoint: Some(Checkpoint {
+                tree_size: proof.checkpoint.tree_size,
+                root: hex::encode(&proof.checkpoint.root),
+                time: Some(timestamp(proof.checkpoint.time_ms)),
+                suite: self.log.suite().name().into(),
+                signing_key: proof.checkpoint.key,
+                signature: hex::encode(&proof.checkpoint.signature),
+            }),
+            path: proof.path.iter().map(hex::encode).collect(),
         }))
     }
 

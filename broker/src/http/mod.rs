@@ -185,6 +185,13 @@ pub const ROUTES: &[Route] = &[
         "Verify the access log's hash chain and show its latest signed checkpoint",
     ),
     route(
+        "GET",
+        "/v1/audit/records/{seq}/proof",
+        "/hedui.v1.AuditService/GetInclusionProof",
+        Answer::Json,
+        "The inclusion proof of one record against the latest signed checkpoint (auditors)",
+    ),
+    route(
         "POST",
         "/v1/audit/subject-access-history",
         "/hedui.v1.AuditService/GetSubjectAccessHistory",
