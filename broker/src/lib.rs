@@ -24,6 +24,7 @@
 //! - [`health`]: `SourceHealthService` (how each source has answered
 //!   lately), the standard gRPC health service and `hedui sources`.
 //! - [`server`]: the gRPC API and the single place errors become statuses.
+//! - [`console`]: the web console's pages, built into the binary.
 //! - [`http`]: the same API as HTTP/JSON resources (problem+json errors,
 //!   server-sent events) and its OpenAPI description; gRPC-Web.
 //! - [`app`]: assembling a broker from configuration; the demo.
@@ -39,6 +40,7 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod consent;
+pub mod console;
 pub mod guard;
 pub mod health;
 pub mod http;

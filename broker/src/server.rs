@@ -404,6 +404,7 @@ pub async fn serve(
         .clone()
         .into_axum_router()
         .merge(crate::http::router(grpc))
+        .merge(crate::console::router())
         .fallback(crate::http::fallback);
     let router = tonic::transport::Server::builder()
         .accept_http1(true)

@@ -1,0 +1,3 @@
+import { header } from './common.js';
+
+header('home');
