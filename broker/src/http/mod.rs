@@ -420,10 +420,16 @@ async fn call(
         return Err(status.into());
     }
     let mut frames = Frames::new(response.into_body());
-    // The first message, or the error the call ended with before it: an
-    // error answer with its HTTP status rather than an event stream that
-    // opened only to fail.
-    let first = frames.next().await.transpose()?;
+    // A refusal before the stream opened came in the headers (above). An
+    // answer or a file waits for its first message, so an error before it
+    // is an answer with its HTTP status; an event stream opens at once (it
+    // may wait long for its first event, an alert say), and an error
+    // after that is an `error` event.
+    let first = if route.answer == Answer::Events {
+        None
+    } else {
+        frames.next().await.transpose()?
+    };
     let output = method.output();
     match route.answer {
         Answer::Json => {
