@@ -365,6 +365,14 @@ pub struct ValidRequest {
     max_age: Option<Duration>,
 }
 
+impl ValidRequest {
+    /// How long the verification may take: the shortest of the caller's
+    /// deadline, the request's and the broker's.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
 impl Verifier {
     /// A verifier over `sources` (which must include the household source).
     ///
@@ -565,70 +573,13 @@ impl Verifier {
         request: Option<VerificationRequest>,
         call_timeout: Option<Duration>,
     ) -> Result<ValidRequest, VerifyError> {
-        let request = request.ok_or_else(|| invalid("request", "is required"))?;
         let today = china_today();
-        let today = (today.0, today.1, today.2);
-        resident_id::validate(&request.applicant_id, today)
-            .map_err(|e| invalid("applicant_id", e.to_string()))?;
-        check_text(
-            "consent_reference",
-            &request.consent_reference,
-            MAX_CONSENT_REFERENCE,
-        )?;
-        match Purpose::try_from(request.purpose) {
-            Ok(Purpose::Unspecified) => return Err(invalid("purpose", "is required")),
-            Err(_) => {
-                return Err(invalid(
-                    "purpose",
-                    format!("{} is not a known purpose", request.purpose),
-                ));
-            }
-            Ok(_) => {}
-        }
-        check_text("operator_id", &request.operator_id, MAX_OPERATOR_ID)?;
-        let mut timeout = self.deadlines.default;
-        if let Some(d) = &request.deadline {
-            let d = non_negative(d)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| invalid("deadline", "must be positive"))?;
-            if d > self.deadlines.max {
-                return Err(invalid(
-                    "deadline",
-                    format!("must be at most {} ms", self.deadlines.max.as_millis()),
-                ));
-            }
-            timeout = d;
-        }
-        let max_age = match &request.max_age {
-            None => None,
-            Some(a) => {
-                Some(non_negative(a).ok_or_else(|| invalid("max_age", "must not be negative"))?)
-            }
-        };
-        if request.declared_member_ids.len() > MAX_DECLARED_MEMBERS {
-            return Err(invalid(
-                "declared_member_ids",
-                format!("at most {MAX_DECLARED_MEMBERS} members"),
-            ));
-        }
-        for (i, id) in request.declared_member_ids.iter().enumerate() {
-            resident_id::validate(id, today)
-                .map_err(|e| invalid("declared_member_ids", format!("[{i}]: {e}")))?;
-            if request.declared_member_ids[..i].contains(id) {
-                return Err(invalid(
-                    "declared_member_ids",
-                    format!("[{i}]: appears twice"),
-                ));
-            }
-        }
-        if let Some(c) = call_timeout {
-            timeout = timeout.min(c);
-        }
-        Ok(ValidRequest {
+        validate_request(
             request,
-            timeout,
-            max_age,
-        })
+            call_timeout,
+            self.deadlines,
+            (today.0, today.1, today.2),
+        )
     }
 
     /// Runs a validated verification to its report, sending events to
@@ -1096,6 +1047,80 @@ type LateAnswers = FuturesUnordered<
         >,
     >,
 >;
+
+/// Checks a request against `deadlines` on `today` (year, month, day):
+/// what [`Verifier::validate`] does, without a verifier (the fuzz target
+/// calls it).
+///
+/// # Errors
+/// [`VerifyError::InvalidArgument`] naming the first wrong field.
+pub fn validate_request(
+    request: Option<VerificationRequest>,
+    call_timeout: Option<Duration>,
+    deadlines: Deadlines,
+    today: (i32, u32, u32),
+) -> Result<ValidRequest, VerifyError> {
+    let request = request.ok_or_else(|| invalid("request", "is required"))?;
+    resident_id::validate(&request.applicant_id, today)
+        .map_err(|e| invalid("applicant_id", e.to_string()))?;
+    check_text(
+        "consent_reference",
+        &request.consent_reference,
+        MAX_CONSENT_REFERENCE,
+    )?;
+    match Purpose::try_from(request.purpose) {
+        Ok(Purpose::Unspecified) => return Err(invalid("purpose", "is required")),
+        Err(_) => {
+            return Err(invalid(
+                "purpose",
+                format!("{} is not a known purpose", request.purpose),
+            ));
+        }
+        Ok(_) => {}
+    }
+    check_text("operator_id", &request.operator_id, MAX_OPERATOR_ID)?;
+    let mut timeout = deadlines.default;
+    if let Some(d) = &request.deadline {
+        let d = non_negative(d)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| invalid("deadline", "must be positive"))?;
+        if d > deadlines.max {
+            return Err(invalid(
+                "deadline",
+                format!("must be at most {} ms", deadlines.max.as_millis()),
+            ));
+        }
+        timeout = d;
+    }
+    let max_age = match &request.max_age {
+        None => None,
+        Some(a) => Some(non_negative(a).ok_or_else(|| invalid("max_age", "must not be negative"))?),
+    };
+    if request.declared_member_ids.len() > MAX_DECLARED_MEMBERS {
+        return Err(invalid(
+            "declared_member_ids",
+            format!("at most {MAX_DECLARED_MEMBERS} members"),
+        ));
+    }
+    for (i, id) in request.declared_member_ids.iter().enumerate() {
+        resident_id::validate(id, today)
+            .map_err(|e| invalid("declared_member_ids", format!("[{i}]: {e}")))?;
+        if request.declared_member_ids[..i].contains(id) {
+            return Err(invalid(
+                "declared_member_ids",
+                format!("[{i}]: appears twice"),
+            ));
+        }
+    }
+    if let Some(c) = call_timeout {
+        timeout = timeout.min(c);
+    }
+    Ok(ValidRequest {
+        request,
+        timeout,
+        max_age,
+    })
+}
 
 /// What completing a report needs besides the late answers.
 #[derive(Debug)]

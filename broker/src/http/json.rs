@@ -121,6 +121,14 @@ pub fn request(
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
             .map_err(|e| Status::invalid_argument(format!("query: cannot be read: {e}")))?;
         for (key, given) in pairs {
+            let named = |part: &str| {
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            };
+            if !key.split('.').all(named) {
+                return Err(Status::invalid_argument(format!(
+                    "query: {key:?} is not a parameter name (field names, dotted for nested fields)"
+                )));
+            }
             put_query(desc, object, &key, &key, given)?;
         }
     }
@@ -352,6 +360,11 @@ mod tests {
                 .seconds,
             2
         );
+        // Found by the http_json fuzz target: a nameless parameter.
+        for query in ["=1", "filter.=1", "a..b=1", "%3A%20x=1"] {
+            let e = request(&desc("hedui.v1.QueryRecordsRequest"), b"", &[], query).unwrap_err();
+            assert!(e.message().starts_with("query: "), "{}", e.message());
+        }
         let e = request(&desc("hedui.v1.GetChainStatusRequest"), b"", &[], "who=1").unwrap_err();
         assert!(e.message().starts_with("who: "), "{}", e.message());
         let e = request(
