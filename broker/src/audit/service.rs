@@ -569,23 +569,50 @@ impl AuditService for AuditApi {
         )
         .await
         .map_err(to_status)?;
-        let rows = self
-            .log
-            .backend()
-            .query(&Filter {
-                subject: Some(subject),
-                before_seq: before,
-                limit: size,
-                ..Filter::default()
-            })
-            .await
-            .map_err(to_status)?;
+        // Auditors' queries are not shown to the household (an inspection
+        // may not be revealed to whom it concerns), so a page is filled
+        // from as many store pages as it takes to find `size` accesses
+        // the household may see, and the next page starts after the last
+        // one shown.
+        let mut shown = Vec::new();
+        let mut cursor = before;
+        let mut more = false;
+        loop {
+            let rows = self
+                .log
+                .backend()
+                .query(&Filter {
+                    subject: Some(subject.clone()),
+                    before_seq: cursor,
+                    limit: size,
+                    ..Filter::default()
+                })
+                .await
+                .map_err(to_status)?;
+            let exhausted = rows.len() < size as usize;
+            let mut rows = rows.into_iter();
+            for row in rows.by_ref() {
+                cursor = Some(row.seq);
+                if row.kind != Kind::AuditQuery.name() {
+                    shown.push(row);
+                    if shown.len() == size as usize {
+                        break;
+                    }
+                }
+            }
+            if shown.len() == size as usize {
+                // Rows left unread in this store page, or a full store
+                // page, may hold more.
+                more = rows.next().is_some() || !exhausted;
+                break;
+            }
+            if exhausted || cursor == Some(0) {
+                break;
+            }
+        }
         let view = &self.log.config().subject_view;
-        let accesses = rows
+        let accesses = shown
             .iter()
-            // Auditors' queries are not shown to the household: an
-            // inspection may not be revealed to whom it concerns.
-            .filter(|row| row.kind != Kind::AuditQuery.name())
             .map(|row| {
                 let r = record_of(row);
                 SubjectAccess {
@@ -608,9 +635,13 @@ impl AuditService for AuditApi {
                 }
             })
             .collect();
+        let next_page_token = match shown.last() {
+            Some(last) if more && last.seq > 0 => last.seq.to_string(),
+            _ => String::new(),
+        };
         Ok(Response::new(GetSubjectAccessHistoryResponse {
             accesses,
-            next_page_token: next_token(&rows, size),
+            next_page_token,
         }))
     }
 }
