@@ -208,6 +208,22 @@ impl Walk<'_> {
                 if !keys.is_empty() {
                     return Err(bad(row.seq, "purged, but it is still indexed"));
                 }
+                // A purge clears these columns; a value in one was put
+                // there afterwards (its time and kind stay, and nothing
+                // is left to check them against).
+                let cleared = [
+                    ("request_id", &row.request_id),
+                    ("client", &row.client),
+                    ("operator", &row.operator),
+                    ("purpose", &row.purpose),
+                    ("outcome", &row.outcome),
+                ];
+                if let Some((c, _)) = cleared.iter().find(|(_, v)| !v.is_empty()) {
+                    return Err(bad(
+                        row.seq,
+                        format!("purged, but column {c} holds a value"),
+                    ));
+                }
                 self.purged_prefix += 1;
                 row.leaf_hash
                     .as_slice()

@@ -190,6 +190,9 @@ macro_rules! suite {
                 // Purging more than a purge record covers is tampering.
                 let bad = tampered(&store, "overpurged", "UPDATE audit_records SET body = NULL WHERE seq = 20", &pk).await;
                 assert_eq!(bad, Some(20));
+                // A purge clears these columns: a value put back is tampering.
+                let bad = tampered(&store, "refilled", "UPDATE audit_records SET client = '10.9.9.9' WHERE seq = 7", &pk).await;
+                assert_eq!(bad, Some(7));
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
