@@ -31,6 +31,7 @@ mod output;
 mod overload;
 mod procs;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 

@@ -152,6 +152,7 @@ pub(crate) struct Results {
     pub(crate) h2load: Option<H2load>,
     pub(crate) overload: Option<crate::overload::Overload>,
     pub(crate) isolation: Option<crate::overload::Isolation>,
+    pub(crate) soak: Option<crate::soak::Soak>,
     pub(crate) ratios: Vec<Ratio>,
 }
 
@@ -248,6 +249,39 @@ impl Results {
                 );
             }
             let _ = writeln!(out, "  {}", s5.note);
+        }
+        if let Some(s) = &self.soak {
+            let _ = writeln!(
+                out,
+                "\nS5 soak: {} verifications in flight for {:.0} s: {} verified ({:.1}/s, {} failed), \
+                 p50 / p95 / p99 {} ms\n  hedui resident memory, KiB (idle {}), every sample:",
+                s.in_flight,
+                s.seconds,
+                s.verifications,
+                s.per_s,
+                s.errors,
+                p(&s.latency_ms),
+                s.idle_rss_kib
+            );
+            for row in s.samples.chunks(10) {
+                let line: Vec<String> = row.iter().map(|(_, k)| k.to_string()).collect();
+                let _ = writeln!(out, "  {}", line.join(" "));
+            }
+            let _ = writeln!(
+                out,
+                "  median per third: {} / {} / {} KiB; last third over the middle: {:+.1} %\n  \
+                 highest per third: {} / {} / {} KiB",
+                s.thirds_median_kib[0],
+                s.thirds_median_kib[1],
+                s.thirds_median_kib[2],
+                s.growth * 100.0,
+                s.thirds_max_kib[0],
+                s.thirds_max_kib[1],
+                s.thirds_max_kib[2],
+            );
+            if let Some(e) = &s.first_error {
+                let _ = writeln!(out, "  first failure: {e}");
+            }
         }
         if let Some(h) = &self.h2load {
             match &h.skipped {

@@ -172,15 +172,25 @@ pub(crate) async fn overload(bench: &mut Bench) -> anyhow::Result<Overload> {
          [simulation]\nseed = {}\nhouseholds = {}\ntoday = \"{}\"\nlatency_p50_ms = 0\nlatency_p99_ms = 0\n",
         bench.pop.seed, bench.pop.households, bench.pop.today
     );
-    let broker = procs::start_broker(&bench.bins, bench.dir.path(), "o1", &config).await?;
     // The broker on one core, the load generator on the other: in a real
     // deployment the callers are other machines, and here the extra work
     // of offering twice the peak would otherwise be taken from the broker.
+    // The broker is confined from its start, so its runtime has one worker
+    // thread for its one core (moved there later, it would keep two, and
+    // switch between them on the one core).
     let me = std::process::id();
-    let placement = if std::thread::available_parallelism().map_or(1, usize::from) >= 2 {
-        pin(broker.pid, "0")?;
+    let two = std::thread::available_parallelism().map_or(1, usize::from) >= 2;
+    let broker = procs::start_broker_on(
+        &bench.bins,
+        bench.dir.path(),
+        "o1",
+        &config,
+        two.then_some("0"),
+    )
+    .await?;
+    let placement = if two {
         pin(me, "1")?;
-        "hedui on core 0, the load generator on core 1 (taskset)".to_owned()
+        "hedui started on core 0, the load generator on core 1 (taskset)".to_owned()
     } else {
         "one core, shared".to_owned()
     };

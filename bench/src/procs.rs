@@ -260,11 +260,32 @@ pub(crate) async fn start_broker(
     name: &str,
     config: &str,
 ) -> anyhow::Result<Proc> {
+    start_broker_on(bins, dir, name, config, None).await
+}
+
+/// [`start_broker`], confined from its start to `cores` (`taskset -c`)
+/// when given: its runtime then sizes itself to those cores, as it would
+/// in a container given that many.
+pub(crate) async fn start_broker_on(
+    bins: &Binaries,
+    dir: &Path,
+    name: &str,
+    config: &str,
+    cores: Option<&str>,
+) -> anyhow::Result<Proc> {
     let sub = dir.join(name);
     std::fs::create_dir_all(&sub)?;
     let path = sub.join("hedui.toml");
     std::fs::write(&path, config)?;
-    let mut command = Command::new(bins.find("hedui")?);
+    let hedui = bins.find("hedui")?;
+    let mut command = match cores {
+        Some(cores) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cores).arg(hedui);
+            c
+        }
+        None => Command::new(hedui),
+    };
     command
         .arg("serve")
         .arg("--config")

@@ -64,8 +64,18 @@ pub(crate) struct RunArgs {
     /// S3's offered rate, verifications per second (default: half of S2's).
     #[arg(long)]
     pub(crate) s3_rate: Option<f64>,
+    /// S5's soak: verifications held in flight (`--only soak`).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) soak_in_flight: usize,
+    /// S5's soak: how long, seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub(crate) soak_seconds: f64,
+    /// S5's soak: seconds between samples of the broker's memory.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) soak_sample_seconds: f64,
     /// Scenarios to run, comma-separated, of a, b, s1, s2, s3, s4, s5,
-    /// h2load, overload (O1), isolation (O2) (default all). S3 needs S2's rate unless --s3-rate is given.
+    /// h2load, overload (O1), isolation (O2), soak (default all but soak,
+    /// which takes ten minutes). S3 needs S2's rate unless --s3-rate is given.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
     /// Directory of the `hedui` and `mock-agencies` binaries (default:
@@ -77,7 +87,22 @@ pub(crate) struct RunArgs {
     pub(crate) json: Option<PathBuf>,
 }
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
+    "a",
+    "b",
+    "s1",
+    "h2load",
+    "s2",
+    "s3",
+    "s4",
+    "s5",
+    "overload",
+    "isolation",
+    "soak",
+];
+
+/// Run when `--only` is not given: all but the ten-minute soak.
+const DEFAULT: [&str; 10] = [
     "a",
     "b",
     "s1",
@@ -229,7 +254,7 @@ impl Bench {
 
     /// The configuration of a broker: its listener, store, deadlines and
     /// `body` (cache, limits, sources).
-    fn broker_config(&self, body: &str) -> String {
+    pub(crate) fn broker_config(&self, body: &str) -> String {
         format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"reports.db\"\n\n{body}\n")
     }
 }
@@ -282,7 +307,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
         bail!("--concurrency and --connections: must be at least 1");
     }
     let selected: BTreeSet<String> = if args.only.is_empty() {
-        ALL.iter().map(|s| (*s).to_owned()).collect()
+        DEFAULT.iter().map(|s| (*s).to_owned()).collect()
     } else {
         let mut s = BTreeSet::new();
         for o in &args.only {
@@ -368,7 +393,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
     if on("a") {
         baseline_a(&mut bench).await?;
     }
-    let needs_agencies_now = ["b", "s2", "s3", "s4", "s5", "isolation"]
+    let needs_agencies_now = ["b", "s2", "s3", "s4", "s5", "isolation", "soak"]
         .iter()
         .any(|s| on(s));
     let agencies = if needs_agencies_now {
@@ -384,7 +409,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
         h2load = s1(&mut bench, on("s1"), on("h2load")).await?;
     }
     let (mut s3, mut s5) = (None, None);
-    let (mut o1, mut o2) = (None, None);
+    let (mut o1, mut o2, mut soak) = (None, None, None);
     if on("overload") {
         o1 = Some(crate::overload::overload(&mut bench).await?);
     }
@@ -400,6 +425,9 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         if on("s5") {
             s5 = Some(s5_memory(&mut bench, &agencies).await?);
+        }
+        if on("soak") {
+            soak = Some(crate::soak::soak(&mut bench, &agencies).await?);
         }
         agencies.proc.stop().await;
     }
@@ -419,6 +447,13 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
             1.1,
         ));
     }
+    if let Some(s) = &soak {
+        bench.ratios.push(Ratio::at_most(
+            "S5 soak: memory growth, last third / middle third - 1 (medians)",
+            s.growth,
+            0.05,
+        ));
+    }
     let order = ["A", "B", "S1", "S2", "S3", "S4"];
     bench
         .rows
@@ -431,6 +466,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
         h2load,
         overload: o1,
         isolation: o2,
+        soak,
         ratios: bench.ratios,
     };
     println!("{}", results.table());

@@ -61,3 +61,25 @@ fn every_scenario_produces_figures() {
     assert!(levels.iter().all(|l| l["in_flight"].as_u64() > Some(0)));
     assert!(!results["ratios"].as_array().expect("ratios").is_empty());
 }
+
+#[test]
+fn the_soak_samples_memory_through_the_run() {
+    let results = run(&[
+        "--households",
+        "50",
+        "--only",
+        "soak",
+        "--soak-in-flight",
+        "8",
+        "--soak-seconds",
+        "3",
+        "--soak-sample-seconds",
+        "0.2",
+    ]);
+    let soak = &results["soak"];
+    assert!(soak["verifications"].as_u64() > Some(0), "{results}");
+    let samples = soak["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 9, "{results}");
+    assert!(samples.iter().all(|s| s[1].as_u64() > Some(0)), "{results}");
+    assert!(soak["growth"].is_number(), "{results}");
+}
