@@ -405,6 +405,22 @@ impl SourceGuard {
                     cache_hit: false,
                 });
         };
+        // Boxed: a future is as large as its largest state, and the cache's
+        // (moka's insertion with the call inside it) is several times the
+        // call's; inline, every lookup would carry that size, cached or not
+        // (docs/benchmarks.md, S5).
+        Box::pin(self.lookup_cached(cache, ctx, request, max_age, attempts)).await
+    }
+
+    /// [`Self::lookup_guarded`] through the cache.
+    async fn lookup_cached(
+        &self,
+        cache: &AnswerCache,
+        ctx: &LookupContext,
+        request: LookupRequest,
+        max_age: Option<Duration>,
+        attempts: &AtomicUsize,
+    ) -> Result<Served, GuardError> {
         let key = CacheKey::of(&request);
         if let Some(hit) = cache.cache.get(&key).await {
             if young_enough(&hit, max_age) {

@@ -390,3 +390,17 @@ async fn peers_are_served_through_the_same_guard() {
     adapter.lookup(&ctx(1000), request(&[A])).await.unwrap();
     assert_eq!(source.calls(), 1);
 }
+
+/// Every source call in flight holds a lookup future; the cache's states
+/// (moka's insertion with the call inside) are boxed so that they do not
+/// set its size. Inline, it was 3,528 bytes in the test profile; boxed,
+/// 1,200 (rustc 1.95).
+#[test]
+fn a_lookup_future_does_not_carry_the_cache_inline() {
+    let source = Counting::new(Behaviour::Facts, Duration::ZERO);
+    let g = guard(&source, settings(Limits::default()), false);
+    let c = ctx(1000);
+    let lookup = g.lookup(&c, request(&[A]), None);
+    let size = std::mem::size_of_val(&lookup);
+    assert!(size <= 2048, "a lookup future is {size} bytes");
+}
