@@ -708,12 +708,16 @@ async fn s5_memory(bench: &mut Bench, agencies: &Agencies) -> anyhow::Result<Mem
     };
     let hang_all = bench.args.memory_hang == "all";
     let hold = Duration::from_secs(600);
-    let config = bench.broker_config(&format!(
-        "[verification]\ndefault_deadline_ms = {ms}\nmax_deadline_ms = {ms}\n\n[cache]\nenabled = false\n\n\
-         [limits.default]\nmax_concurrent = 0\nbreaker_failures = 0\nmax_retries = 0\n\n{}",
+    // No shedding below the top level (server.max_in_flight is 2,048 by
+    // default): S5 measures memory, not admission.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_in_flight = {}\n\n[store]\npath = \"reports.db\"\n\n\
+         [verification]\ndefault_deadline_ms = {ms}\nmax_deadline_ms = {ms}\n\n[cache]\nenabled = false\n\n\
+         [limits.default]\nmax_concurrent = 0\nbreaker_failures = 0\nmax_retries = 0\n\n{}\n",
+        top + top / 10 + 16,
         agencies.sources_toml,
         ms = hold.as_millis()
-    ));
+    );
     let mut broker = procs::start_broker(&bench.bins, bench.dir.path(), "s5", &config).await?;
     let url = broker.listening_url()?;
     // At most 500 streams per HTTP/2 connection.
