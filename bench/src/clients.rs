@@ -240,6 +240,22 @@ pub(crate) fn realistic_latency(source_id: &str) -> Latency {
     Latency { p50_ms, p99_ms }
 }
 
+/// No added latency.
+pub(crate) fn zero_latency(_source_id: &str) -> Latency {
+    Latency {
+        p50_ms: 0,
+        p99_ms: 0,
+    }
+}
+
+/// Every source back to zero latency and no fault.
+pub(crate) async fn reset_all(
+    control_url: &str,
+    sources: impl IntoIterator<Item = &String>,
+) -> anyhow::Result<()> {
+    set_all(control_url, sources, zero_latency, |_| None).await
+}
+
 /// Sets the latency of every source to `latency(id)` and their faults to
 /// `faults(id)` (`None`: no fault).
 pub(crate) async fn set_all(

@@ -21,7 +21,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -124,35 +124,8 @@ pub(crate) struct Isolation {
     pub(crate) saturated_flood: (u64, u64),
 }
 
-/// Samples a process's resident memory every 50 ms until stopped; the
-/// highest reading, KiB.
-struct RssPeak {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<u64>,
-}
-
-impl RssPeak {
-    fn start(pid: u32) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let task = tokio::spawn(async move {
-            let mut high = 0;
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok(b) = procs::rss_bytes(pid) {
-                    high = high.max(b / 1024);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            high
-        });
-        Self { stop, task }
-    }
-
-    async fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or(0)
-    }
-}
+/// How often O1 samples the broker's resident memory for its peak.
+const RSS_EVERY: Duration = Duration::from_millis(50);
 
 /// Whether a failure is the broker shedding the call.
 fn is_shed(e: &anyhow::Error) -> bool {
@@ -209,7 +182,7 @@ pub(crate) async fn overload(bench: &mut Bench) -> anyhow::Result<Overload> {
     )
     .await;
     bench.next += (warm.ok + warm.errors) as usize;
-    let rss = RssPeak::start(broker.pid);
+    let rss = procs::RssSampler::start(broker.pid, RSS_EVERY);
     let (server0, client0) = (procs::cpu_seconds(broker.pid)?, procs::cpu_seconds(me)?);
     let mut peak = load::closed_loop(
         bench.args.concurrency,
@@ -220,7 +193,7 @@ pub(crate) async fn overload(bench: &mut Bench) -> anyhow::Result<Overload> {
     .await;
     let peak_server_cpu_ms = cpu_ms_per(broker.pid, server0, peak.ok);
     let peak_client_cpu_ms = cpu_ms_per(me, client0, peak.ok);
-    let peak_rss_kib = rss.finish().await;
+    let peak_rss_kib = rss.finish_peak().await;
     bench.next += (peak.ok + peak.errors) as usize;
     let peak_per_s = peak.rate();
     if peak.ok == 0 {
@@ -258,13 +231,13 @@ pub(crate) async fn overload(bench: &mut Bench) -> anyhow::Result<Overload> {
             }
         }
     };
-    let rss = RssPeak::start(broker.pid);
+    let rss = procs::RssSampler::start(broker.pid, RSS_EVERY);
     let (server0, client0) = (procs::cpu_seconds(broker.pid)?, procs::cpu_seconds(me)?);
     let mut over: LoadResult =
         load::open_loop(offered, bench.duration(), 100_000, bench.next, classify).await;
     let overload_server_cpu_ms = cpu_ms_per(broker.pid, server0, over.ok);
     let overload_client_cpu_ms = cpu_ms_per(me, client0, over.ok);
-    let overload_rss_kib = rss.finish().await;
+    let overload_rss_kib = rss.finish_peak().await;
     bench.next += (over.ok + over.errors) as usize;
     broker.stop().await;
     if placement.starts_with("hedui") {
@@ -469,16 +442,7 @@ pub(crate) async fn isolation(bench: &mut Bench, agencies: &Agencies) -> anyhow:
         ));
     }
 
-    clients::set_all(
-        &agencies.control,
-        &sources,
-        |_| Latency {
-            p50_ms: 0,
-            p99_ms: 0,
-        },
-        |_| None,
-    )
-    .await?;
+    clients::reset_all(&agencies.control, &sources).await?;
     broker.stop().await;
     let (mut saturated, sat_whole, sat_missing, _) = phases.pop().context("saturated phase")?;
     let (mut with_healthy, healthy_whole, healthy_missing, _) =

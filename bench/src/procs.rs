@@ -9,7 +9,11 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::Stdio,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -359,4 +363,51 @@ pub(crate) fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .parse()
         .context("unreadable VmRSS")?;
     Ok(kib * 1024)
+}
+
+/// Samples a process's resident memory at a fixed interval, from its start
+/// until [`RssSampler::finish`].
+pub(crate) struct RssSampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(f64, u64)>>,
+}
+
+impl RssSampler {
+    pub(crate) fn start(pid: u32, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(b) = rss_bytes(pid) {
+                    samples.push((started.elapsed().as_secs_f64(), b / 1024));
+                }
+            }
+            samples
+        });
+        Self { stop, task }
+    }
+
+    /// `(seconds since the start, KiB)`, every sample.
+    pub(crate) async fn finish(self) -> Vec<(f64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+
+    /// The highest sample, KiB.
+    pub(crate) async fn finish_peak(self) -> u64 {
+        self.finish()
+            .await
+            .iter()
+            .map(|(_, k)| *k)
+            .max()
+            .unwrap_or(0)
+    }
 }

@@ -12,16 +12,9 @@
 //! the caches and pools, a leak shows as steady growth, a plateau as none.
 //! The highest sample of each third is printed too.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::bail;
-use hedui_mock_agencies::control::proto::Latency;
 use serde::Serialize;
 
 use crate::{
@@ -56,41 +49,6 @@ pub(crate) struct Soak {
     pub(crate) growth: f64,
 }
 
-/// Samples `pid`'s resident memory every `every` until stopped.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<(f64, u64)>>,
-}
-
-impl Sampler {
-    fn start(pid: u32, every: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let mut samples = Vec::new();
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(b) = procs::rss_bytes(pid) {
-                    samples.push((started.elapsed().as_secs_f64(), b / 1024));
-                }
-            }
-            samples
-        });
-        Self { stop, task }
-    }
-
-    async fn finish(self) -> Vec<(f64, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or_default()
-    }
-}
-
 pub(crate) async fn soak(bench: &mut Bench, agencies: &Agencies) -> anyhow::Result<Soak> {
     let in_flight = bench.args.soak_in_flight;
     let seconds = bench.args.soak_seconds;
@@ -118,7 +76,7 @@ pub(crate) async fn soak(bench: &mut Bench, agencies: &Agencies) -> anyhow::Resu
          resident memory every {} s ...",
         bench.args.soak_sample_seconds
     );
-    let sampler = Sampler::start(
+    let sampler = procs::RssSampler::start(
         broker.pid,
         Duration::from_secs_f64(bench.args.soak_sample_seconds.max(0.1)),
     );
@@ -131,16 +89,7 @@ pub(crate) async fn soak(bench: &mut Bench, agencies: &Agencies) -> anyhow::Resu
     .await;
     let samples = sampler.finish().await;
     bench.next += (result.ok + result.errors) as usize;
-    clients::set_all(
-        &agencies.control,
-        &sources,
-        |_| Latency {
-            p50_ms: 0,
-            p99_ms: 0,
-        },
-        |_| None,
-    )
-    .await?;
+    clients::reset_all(&agencies.control, &sources).await?;
     broker.stop().await;
     if samples.len() < 3 {
         bail!("soak: fewer than 3 memory samples; run longer or sample more often");

@@ -236,6 +236,16 @@ fn bend_fact(u: &mut Unstructured<'_>, fact: &mut Fact) -> AResult<()> {
     Ok(())
 }
 
+/// Removes item `i`, or appends a copy of it.
+fn drop_or_copy<T: Clone>(list: &mut Vec<T>, i: usize, copy: bool) {
+    if copy {
+        let item = list[i].clone();
+        list.push(item);
+    } else {
+        list.remove(i);
+    }
+}
+
 /// Bends a source's answers.
 fn bend_answers(
     u: &mut Unstructured<'_>,
@@ -251,13 +261,8 @@ fn bend_answers(
         }
         let a = u.choose_index(answers.len())?;
         match u.int_in_range(0..=6)? {
-            0 => {
-                answers.remove(a);
-            }
-            1 => {
-                let copy = answers[a].clone();
-                answers.push(copy);
-            }
+            0 => drop_or_copy(answers, a, false),
+            1 => drop_or_copy(answers, a, true),
             2 => answers[a].person_id = u.choose(strangers)?.clone(),
             3 => {
                 let id: String = u.arbitrary()?;
@@ -281,13 +286,8 @@ fn bend_answers(
                 }
                 let i = u.choose_index(facts.len())?;
                 match u.int_in_range(0..=3)? {
-                    0 => {
-                        facts.remove(i);
-                    }
-                    1 => {
-                        let copy = facts[i].clone();
-                        facts.push(copy);
-                    }
+                    0 => drop_or_copy(facts, i, false),
+                    1 => drop_or_copy(facts, i, true),
                     _ => bend_fact(u, &mut facts[i])?,
                 }
             }
