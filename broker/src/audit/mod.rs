@@ -149,10 +149,24 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long after a failed check callers are refused without a new one.
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
+/// A ping of the store that every caller arriving while it runs awaits.
+type SharedPing = futures::future::Shared<futures::future::BoxFuture<'static, Result<(), String>>>;
+
+/// The ping in progress, if any.
+#[derive(Default)]
+struct PingSlot(std::sync::Mutex<Option<SharedPing>>);
+
+impl std::fmt::Debug for PingSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PingSlot")
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     tx: mpsc::Sender<Command>,
     down_since: std::sync::Mutex<Option<std::time::Instant>>,
+    ping: PingSlot,
     backend: Arc<dyn AuditBackend>,
     subject_key: SubjectKey,
     signer: Signer,
@@ -283,6 +297,7 @@ impl AuditLog {
             inner: Arc::new(Inner {
                 tx,
                 down_since: std::sync::Mutex::new(None),
+                ping: PingSlot::default(),
                 backend,
                 subject_key,
                 signer,
@@ -339,14 +354,32 @@ impl AuditLog {
                 "the store did not answer just now".into(),
             ));
         }
-        let result = match tokio::time::timeout(PING_TIMEOUT, self.inner.backend.ping()).await {
-            Err(_) => Err(AuditError::Unavailable(format!(
-                "the store did not answer in {} ms",
-                PING_TIMEOUT.as_millis()
-            ))),
-            Ok(Err(e)) => Err(AuditError::Unavailable(e.to_string())),
-            Ok(Ok(())) => Ok(()),
+        // One ping at a time: callers that arrive while it runs share its
+        // answer, which comes after they arrived (under load, one round
+        // trip to the store for many verifications instead of one each).
+        let ping = {
+            let mut slot = self.inner.ping.0.lock().expect("not poisoned");
+            match slot.as_ref() {
+                Some(running) if running.peek().is_none() => running.clone(),
+                _ => {
+                    let backend = Arc::clone(&self.inner.backend);
+                    let ping = async move {
+                        match tokio::time::timeout(PING_TIMEOUT, backend.ping()).await {
+                            Err(_) => Err(format!(
+                                "the store did not answer in {} ms",
+                                PING_TIMEOUT.as_millis()
+                            )),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Ok(Ok(())) => Ok(()),
+                        }
+                    };
+                    let ping = futures::FutureExt::shared(futures::FutureExt::boxed(ping));
+                    *slot = Some(ping.clone());
+                    ping
+                }
+            }
         };
+        let result = ping.await.map_err(AuditError::Unavailable);
         *self.inner.down_since.lock().expect("not poisoned") =
             result.is_err().then(std::time::Instant::now);
         result

@@ -247,3 +247,126 @@ suite!(postgres_sha256, |_: &std::path::Path| TestStore::postgres(
 suite!(postgres_sm3, |_: &std::path::Path| TestStore::postgres(
     Suite::Sm3Sm2
 ));
+
+/// A store that counts its pings and holds each until told to answer,
+/// failing them when `down`.
+#[derive(Debug)]
+struct HeldPings {
+    inner: Arc<dyn super::store::AuditBackend>,
+    pings: std::sync::atomic::AtomicUsize,
+    answer: tokio::sync::Semaphore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl super::store::AuditBackend for HeldPings {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn ping(&self) -> Result<(), super::AuditError> {
+        use std::sync::atomic::Ordering;
+        self.pings.fetch_add(1, Ordering::SeqCst);
+        self.answer.acquire().await.expect("open").forget();
+        if self.down.load(Ordering::SeqCst) {
+            return Err(super::AuditError::Unavailable("down for the test".into()));
+        }
+        self.inner.ping().await
+    }
+    async fn append(
+        &self,
+        prune_cutoff_ms: Option<i64>,
+        plan: &mut (
+                 dyn FnMut(
+            super::store::Head,
+            Option<u64>,
+        ) -> Result<super::store::BatchPlan, super::AuditError>
+                     + Send
+             ),
+    ) -> Result<(), super::AuditError> {
+        self.inner.append(prune_cutoff_ms, plan).await
+    }
+    async fn claim_suite(&self, suite: &str) -> Result<String, super::AuditError> {
+        self.inner.claim_suite(suite).await
+    }
+    async fn records(
+        &self,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<super::store::Row>, super::AuditError> {
+        self.inner.records(from_seq, limit).await
+    }
+    async fn keys_between(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, String)>, super::AuditError> {
+        self.inner.keys_between(from, to).await
+    }
+    async fn checkpoints(&self) -> Result<Vec<super::store::CheckpointRow>, super::AuditError> {
+        self.inner.checkpoints().await
+    }
+    async fn leaf_hashes(&self, upto: u64) -> Result<Vec<(u64, Vec<u8>)>, super::AuditError> {
+        self.inner.leaf_hashes(upto).await
+    }
+    async fn query(
+        &self,
+        filter: &super::store::Filter,
+    ) -> Result<Vec<super::store::Row>, super::AuditError> {
+        self.inner.query(filter).await
+    }
+    async fn head(&self) -> Result<super::store::Head, super::AuditError> {
+        self.inner.head().await
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_arriving_during_a_ping_share_its_answer() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::sqlite(dir.path(), "pings", Suite::Sha256Ed25519);
+    let held = Arc::new(HeldPings {
+        inner: store.backend().await.unwrap(),
+        pings: 0.into(),
+        answer: tokio::sync::Semaphore::new(0),
+        down: false.into(),
+    });
+    let log = AuditLog::with_backend(held.clone(), &store.config)
+        .await
+        .unwrap();
+    let ready_all = |n: usize| {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let log = log.clone();
+            calls.spawn(async move { log.ready().await });
+        }
+        calls
+    };
+    // 20 callers while one ping is held: one ping answers them all.
+    let mut calls = ready_all(20);
+    while held.pings.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    held.answer.add_permits(1);
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(held.pings.load(Ordering::SeqCst), 1);
+    // A caller after that answer asks the store again; when the store is
+    // down, every caller sharing the ping is refused.
+    held.down.store(true, Ordering::SeqCst);
+    let mut calls = ready_all(10);
+    while held.pings.load(Ordering::SeqCst) == 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    held.answer.add_permits(1);
+    while let Some(r) = calls.join_next().await {
+        let e = r.unwrap().unwrap_err();
+        assert!(e.to_string().contains("down for the test"), "{e}");
+    }
+    assert_eq!(held.pings.load(Ordering::SeqCst), 2);
+}
