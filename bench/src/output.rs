@@ -312,7 +312,8 @@ impl Results {
                 "\nO1 overload (server.max_in_flight {}; {}): p50 / p95 / p99 ms\n  \
                  peak      {:>9.1} reports/s  {}  (RSS {} KiB; CPU ms/report hedui {:.3}, generator {:.3})\n  \
                  offered   {:>9.1} calls/s\n  \
-                 goodput   {:>9.1} reports/s  {}  (RSS {} KiB; CPU ms/report hedui {:.3}, generator {:.3}), {:.3} of peak\n  \
+                 goodput   {:>9.1} reports/s  {}  (RSS {} KiB; CPU ms/report hedui {:.3}, generator {:.3})\n  \
+                 peak again {:>8.1} reports/s; goodput {:.3} of the two peaks' mean, {:.3} of the first\n  \
                  shed      {:>9} calls      {}\n  \
                  other errors {}{}",
                 o.max_in_flight,
@@ -328,7 +329,9 @@ impl Results {
                 o.overload_rss_kib,
                 o.overload_server_cpu_ms,
                 o.overload_client_cpu_ms,
+                o.peak_after_per_s,
                 o.goodput_ratio,
+                o.goodput_ratio_first,
                 o.shed,
                 p(&o.shed_ms),
                 o.other_errors,

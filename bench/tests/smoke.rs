@@ -83,3 +83,34 @@ fn the_soak_samples_memory_through_the_run() {
     assert!(samples.iter().all(|s| s[1].as_u64() > Some(0)), "{results}");
     assert!(soak["growth"].is_number(), "{results}");
 }
+
+#[test]
+fn the_overload_measures_the_peak_on_both_sides_of_it() {
+    let results = run(&[
+        "--seconds",
+        "0.5",
+        "--concurrency",
+        "4",
+        "--connections",
+        "2",
+        "--households",
+        "50",
+        "--only",
+        "overload",
+    ]);
+    let o = &results["overload"];
+    for field in ["peak_per_s", "offered_per_s", "peak_after_per_s"] {
+        assert!(o[field].as_f64() > Some(0.0), "{field}: {results}");
+    }
+    let (peak, after, goodput) = (
+        o["peak_per_s"].as_f64().unwrap(),
+        o["peak_after_per_s"].as_f64().unwrap(),
+        o["goodput_per_s"].as_f64().unwrap(),
+    );
+    let ratio = o["goodput_ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - goodput / f64::midpoint(peak, after)).abs() < 1e-9,
+        "{o}"
+    );
+    assert!((o["goodput_ratio_first"].as_f64().unwrap() - goodput / peak).abs() < 1e-9);
+}
