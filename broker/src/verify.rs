@@ -599,7 +599,7 @@ impl Verifier {
         self: &Arc<Self>,
         valid: ValidRequest,
         caller: &Caller,
-        events: Option<mpsc::Sender<StreamVerifyResponse>>,
+        events: Option<mpsc::Sender<Box<StreamVerifyResponse>>>,
     ) -> Result<Report, VerifyError> {
         use tracing::Instrument;
         /// Counts a verification in flight until dropped.
@@ -649,7 +649,7 @@ impl Verifier {
         self: &Arc<Self>,
         valid: ValidRequest,
         caller: &Caller,
-        events: Option<mpsc::Sender<StreamVerifyResponse>>,
+        events: Option<mpsc::Sender<Box<StreamVerifyResponse>>>,
     ) -> Result<Report, VerifyError> {
         // This verification works with the setup current now, to its end.
         let setup = self.setup();
@@ -706,7 +706,7 @@ impl Verifier {
         let send = |event: Event| {
             if let Some(tx) = &events {
                 // A caller that went away does not stop the verification.
-                let _ = tx.try_send(StreamVerifyResponse { event: Some(event) });
+                let _ = tx.try_send(Box::new(StreamVerifyResponse { event: Some(event) }));
             }
         };
 
