@@ -14,7 +14,7 @@
 //!   `audit_index_recent` in `seq` order (random inserts into an index would
 //!   cost a page each, in every commit, while callers wait); the writer
 //!   moves them to `audit_index` in large batches
-//!   ([`BatchPlan::index_keys`]). Queries read both.
+//!   ([`BatchPlan::index_keys_below`]). Queries read both.
 //! - `audit_checkpoints`: signed (tree size, root, time).
 //! - `audit_head`: one row, the tip of the log (size, last leaf, the Merkle
 //!   frontier); writers lock it, so records get consecutive `seq` even with
@@ -97,9 +97,9 @@ pub struct BatchPlan {
     pub checkpoint: Option<CheckpointRow>,
     /// Purge the bodies and keys of records below this `seq`.
     pub prune_before: Option<u64>,
-    /// Move the keys of every committed record from `audit_index_recent`
-    /// to the indexed `audit_index`.
-    pub index_keys: bool,
+    /// Move the keys of the committed records below this `seq` from
+    /// `audit_index_recent` to the indexed `audit_index`.
+    pub index_keys_below: Option<u64>,
 }
 
 /// Filters of a query; all given ones must hold.
@@ -321,13 +321,17 @@ macro_rules! shared_sql {
                             .await?;
                     }
                 }
-                if plan.index_keys {
-                    sqlx::query(
-                        "INSERT INTO audit_index (key, seq) SELECT key, seq FROM audit_index_recent",
+                if let Some(below) = plan.index_keys_below {
+                    QueryBuilder::<$db>::new(
+                        "INSERT INTO audit_index (key, seq) SELECT key, seq FROM audit_index_recent WHERE seq < ",
                     )
+                    .push_bind(below as i64)
+                    .build()
                     .execute(&mut **tx)
                     .await?;
-                    sqlx::query("DELETE FROM audit_index_recent")
+                    QueryBuilder::<$db>::new("DELETE FROM audit_index_recent WHERE seq < ")
+                        .push_bind(below as i64)
+                        .build()
                         .execute(&mut **tx)
                         .await?;
                 }

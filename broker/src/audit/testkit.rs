@@ -124,6 +124,35 @@ impl TestStore {
         Ok(())
     }
 
+    /// The single integer a query gives (`SELECT COUNT(*) ...`).
+    ///
+    /// # Errors
+    /// When the SQL fails.
+    pub async fn count(&self, sql: &str) -> Result<i64, sqlx::Error> {
+        let sql = AssertSqlSafe(sql.to_owned());
+        Ok(match self.config.backend {
+            BackendKind::Sqlite => {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(SqliteConnectOptions::new().filename(self.config.sqlite_path()))
+                    .await?;
+                let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await?;
+                pool.close().await;
+                n
+            }
+            BackendKind::Postgres => {
+                let options: PgConnectOptions = postgres_url().parse()?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options.options([("search_path", self.config.schema.as_str())]))
+                    .await?;
+                let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await?;
+                pool.close().await;
+                n
+            }
+        })
+    }
+
     /// A copy of the store as it is now (the log must be closed or idle),
     /// named `name`; SQLite copies go next to the original.
     ///

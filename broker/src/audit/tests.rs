@@ -73,6 +73,48 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn commits_move_waiting_keys_into_the_index_a_chunk_at_a_time() {
+                let dir = tempfile::tempdir().unwrap();
+                let store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                let n = 2 * super::super::INDEX_CHUNK as usize + 600;
+                fill(&log, n).await;
+                // Well within the tick's 5 s: only commits have moved keys,
+                // a whole chunk at a time.
+                let waiting = store
+                    .count("SELECT COUNT(DISTINCT seq) FROM audit_index_recent")
+                    .await
+                    .unwrap();
+                let chunk = super::super::INDEX_CHUNK as i64;
+                assert!(waiting < n as i64 - chunk, "{waiting} of {n} records' keys wait");
+                let indexed = store
+                    .count("SELECT COUNT(DISTINCT seq) FROM audit_index")
+                    .await
+                    .unwrap();
+                assert!(indexed >= chunk, "{indexed} records' keys indexed");
+                assert_eq!(indexed + waiting, n as i64, "each record's keys in one table");
+                // Every record is found by its subject, wherever its keys are.
+                let key = log.subject_key().clone();
+                for i in 0..n {
+                    let subject = key.subject(&sample_id(i, 0));
+                    let found = log
+                        .backend()
+                        .query(&Filter {
+                            subject: Some(subject),
+                            limit: 10,
+                            ..Filter::default()
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(found.len(), 1, "the record of sample {i}");
+                }
+                let public = log.public_key_hex();
+                log.close().await;
+                let report = verify(&store, &public).await;
+                assert!(report.ok(), "{report}");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn queries_filter_and_page() {
                 let dir = tempfile::tempdir().unwrap();
                 let store: TestStore = ($store)(dir.path());
