@@ -181,27 +181,13 @@ pub(crate) async fn overload(bench: &mut Bench) -> anyhow::Result<Overload> {
         "O1: peak, closed loop with {} in flight, {} s ...",
         bench.args.concurrency, bench.args.seconds
     );
-    let warm = load::closed_loop(
-        bench.args.concurrency,
-        bench.warm_up(),
-        bench.next,
-        call.clone(),
-    )
-    .await;
-    bench.next += (warm.ok + warm.errors) as usize;
+    bench.closed_loop(bench.warm_up(), call.clone()).await;
     let rss = procs::RssSampler::start(broker.pid, RSS_EVERY);
     let (server0, client0) = (procs::cpu_seconds(broker.pid)?, procs::cpu_seconds(me)?);
-    let mut peak = load::closed_loop(
-        bench.args.concurrency,
-        bench.duration(),
-        bench.next,
-        call.clone(),
-    )
-    .await;
+    let mut peak = bench.closed_loop(bench.duration(), call.clone()).await;
     let peak_server_cpu_ms = cpu_ms_per(broker.pid, server0, peak.ok);
     let peak_client_cpu_ms = cpu_ms_per(me, client0, peak.ok);
     let peak_rss_kib = rss.finish_peak().await;
-    bench.next += (peak.ok + peak.errors) as usize;
     let peak_per_s = peak.rate();
     if peak.ok == 0 {
         bail!(
@@ -251,14 +237,7 @@ pub(crate) async fn overload(bench: &mut Bench) -> anyhow::Result<Overload> {
         "O1: peak again, closed loop with {} in flight, {} s ...",
         bench.args.concurrency, bench.args.seconds
     );
-    let after = load::closed_loop(
-        bench.args.concurrency,
-        bench.duration(),
-        bench.next,
-        call_again,
-    )
-    .await;
-    bench.next += (after.ok + after.errors) as usize;
+    let after = bench.closed_loop(bench.duration(), call_again).await;
     broker.stop().await;
     if placement.starts_with("hedui") {
         let all = format!(

@@ -137,6 +137,18 @@ impl Bench {
         Duration::from_secs_f64((self.args.seconds / 5.0).clamp(0.2, 2.0))
     }
 
+    /// A closed loop of `--concurrency` calls for `duration`, numbering its
+    /// requests on from the last one sent.
+    pub(crate) async fn closed_loop<F, Fut>(&mut self, duration: Duration, call: F) -> LoadResult
+    where
+        F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        let result = load::closed_loop(self.args.concurrency, duration, self.next, call).await;
+        self.next += (result.ok + result.errors) as usize;
+        result
+    }
+
     fn rate_of(&self, id: &str) -> Option<f64> {
         self.rows.iter().find(|r| r.id == id).map(|r| r.ops_per_s)
     }
@@ -162,14 +174,7 @@ impl Bench {
         Fut: Future<Output = Outcome> + Send + 'static,
     {
         println!("{id}: {name}: warming up, then {} s ...", self.args.seconds);
-        let warm = load::closed_loop(
-            self.args.concurrency,
-            self.warm_up(),
-            self.next,
-            call.clone(),
-        )
-        .await;
-        self.next += (warm.ok + warm.errors) as usize;
+        let warm = self.closed_loop(self.warm_up(), call.clone()).await;
         if warm.ok == 0 {
             bail!(
                 "{id}: no request succeeded during the warm-up: {}",
@@ -177,10 +182,8 @@ impl Bench {
             );
         }
         let cpu = Cpu::read(server, agencies)?;
-        let result =
-            load::closed_loop(self.args.concurrency, self.duration(), self.next, call).await;
+        let result = self.closed_loop(self.duration(), call).await;
         let used = cpu.since(server, agencies)?;
-        self.next += (result.ok + result.errors) as usize;
         let load = format!(
             "closed loop, {} in flight, {} connections",
             self.args.concurrency, self.args.connections
@@ -709,8 +712,7 @@ async fn s5_memory(bench: &mut Bench, agencies: &Agencies) -> anyhow::Result<Mem
     let channels = Arc::new(clients::channels(&url, top.div_ceil(500).max(1)).await?);
     println!("S5: warming up the broker ...");
     let call = bench.verifier(channels.to_vec(), Arc::clone(&bench.applicants));
-    let warm = load::closed_loop(bench.args.concurrency, bench.warm_up(), bench.next, call).await;
-    bench.next += (warm.ok + warm.errors) as usize;
+    let warm = bench.closed_loop(bench.warm_up(), call).await;
     if warm.ok == 0 {
         bail!(
             "S5: no verification succeeded while warming up: {}",

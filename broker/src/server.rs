@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use hedui_adapters::server::parse_grpc_timeout;
 use hedui_proto::v1::{
     GetReportRequest, GetReportResponse, Report, StreamVerifyRequest, StreamVerifyResponse,
@@ -204,30 +204,20 @@ impl VerificationService for VerificationApi {
         // The events are boxed: a channel allocates its slots in blocks of
         // 32, and 32 events inline (a report is one) came to 21 KiB per
         // channel per stream held open (docs/benchmarks.md, S5).
-        let (events_tx, mut events_rx) = mpsc::channel::<Box<StreamVerifyResponse>>(n + 3);
-        let (out_tx, out_rx) = mpsc::channel::<Box<Result<StreamVerifyResponse, Status>>>(n + 3);
+        let (events_tx, events_rx) = mpsc::channel::<Box<StreamVerifyResponse>>(n + 3);
         let verifier = self.verifier.clone();
-        tokio::spawn(async move {
-            let forward = {
-                let out_tx = out_tx.clone();
-                async move {
-                    while let Some(event) = events_rx.recv().await {
-                        if out_tx.send(Box::new(Ok(*event))).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            };
-            let run = verifier.run(valid, &caller, Some(events_tx));
-            let (result, ()) = tokio::join!(run, forward);
-            if let Err(e) = result {
-                let _ = out_tx.send(Box::new(Err(to_status(e)))).await;
+        // Runs to its end even if the caller goes away.
+        let run = tokio::spawn(async move { verifier.run(valid, &caller, Some(events_tx)).await });
+        // Every event, then the error if the verification failed: the
+        // events end when the verification drops its sender.
+        let events = ReceiverStream::new(events_rx).map(|event| Ok(*event));
+        let failure = futures::stream::once(run).filter_map(|done| async move {
+            match done {
+                Ok(Err(e)) => Some(Err(to_status(e))),
+                _ => None,
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
-            ReceiverStream::new(out_rx),
-            |item| *item,
-        ))))
+        Ok(Response::new(Box::pin(events.chain(failure))))
     }
 
     async fn get_report(

@@ -96,6 +96,23 @@ impl TestStore {
         })
     }
 
+    /// A pool of one connection to the SQLite file.
+    async fn sqlite_pool(&self) -> Result<sqlx::SqlitePool, sqlx::Error> {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().filename(self.config.sqlite_path()))
+            .await
+    }
+
+    /// A pool of one connection to the PostgreSQL schema.
+    async fn postgres_pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        let options: PgConnectOptions = postgres_url().parse()?;
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.options([("search_path", self.config.schema.as_str())]))
+            .await
+    }
+
     /// Runs SQL statements (`;`-separated) directly on the store.
     ///
     /// # Errors
@@ -104,19 +121,12 @@ impl TestStore {
         let sql = AssertSqlSafe(sql.to_owned());
         match self.config.backend {
             BackendKind::Sqlite => {
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(SqliteConnectOptions::new().filename(self.config.sqlite_path()))
-                    .await?;
+                let pool = self.sqlite_pool().await?;
                 pool.execute(sqlx::raw_sql(sql)).await?;
                 pool.close().await;
             }
             BackendKind::Postgres => {
-                let options: PgConnectOptions = postgres_url().parse()?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options.options([("search_path", self.config.schema.as_str())]))
-                    .await?;
+                let pool = self.postgres_pool().await?;
                 pool.execute(sqlx::raw_sql(sql)).await?;
                 pool.close().await;
             }
@@ -130,27 +140,21 @@ impl TestStore {
     /// When the SQL fails.
     pub async fn count(&self, sql: &str) -> Result<i64, sqlx::Error> {
         let sql = AssertSqlSafe(sql.to_owned());
-        Ok(match self.config.backend {
+        let (n,): (i64,) = match self.config.backend {
             BackendKind::Sqlite => {
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(SqliteConnectOptions::new().filename(self.config.sqlite_path()))
-                    .await?;
-                let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await?;
+                let pool = self.sqlite_pool().await?;
+                let row = sqlx::query_as(sql).fetch_one(&pool).await?;
                 pool.close().await;
-                n
+                row
             }
             BackendKind::Postgres => {
-                let options: PgConnectOptions = postgres_url().parse()?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options.options([("search_path", self.config.schema.as_str())]))
-                    .await?;
-                let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await?;
+                let pool = self.postgres_pool().await?;
+                let row = sqlx::query_as(sql).fetch_one(&pool).await?;
                 pool.close().await;
-                n
+                row
             }
-        })
+        };
+        Ok(n)
     }
 
     /// A copy of the store as it is now (the log must be closed or idle),
