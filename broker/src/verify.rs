@@ -703,10 +703,14 @@ impl Verifier {
         let deadline = Instant::now() + timeout;
         let report_id = uuid::Uuid::new_v4().to_string();
         let purpose = request.purpose();
-        let send = |event: Event| {
+        // Events are built only for a streaming caller: a unary call does
+        // not pay for copies it would throw away.
+        let send = |event: &dyn Fn() -> Event| {
             if let Some(tx) = &events {
                 // A caller that went away does not stop the verification.
-                let _ = tx.try_send(Box::new(StreamVerifyResponse { event: Some(event) }));
+                let _ = tx.try_send(Box::new(StreamVerifyResponse {
+                    event: Some(event()),
+                }));
             }
         };
 
@@ -750,12 +754,14 @@ impl Verifier {
                 VerifyError::AuditUnavailable(e)
             })?;
         }
-        send(Event::HouseholdResolved(HouseholdResolved {
-            report_id: report_id.clone(),
-            members: household.members.clone(),
-            source_ids: setup.sources.iter().map(|s| s.spec.id.clone()).collect(),
-        }));
-        send(Event::SourceResult(household_outcome.result.clone()));
+        send(&|| {
+            Event::HouseholdResolved(HouseholdResolved {
+                report_id: report_id.clone(),
+                members: household.members.clone(),
+                source_ids: setup.sources.iter().map(|s| s.spec.id.clone()).collect(),
+            })
+        });
+        send(&|| Event::SourceResult(household_outcome.result.clone()));
 
         // 2. Every other source at once, about the active members. A
         // source the broker may wait longer for (`late_deadline_ms`) runs
@@ -776,7 +782,7 @@ impl Verifier {
                 // cache for this purpose.
                 let outcome = unanswered(source, SourceStatus::NotQueried, why);
                 let outcome = restricted(disclosure.as_deref(), source, outcome);
-                send(Event::SourceResult(outcome.result.clone()));
+                send(&|| Event::SourceResult(outcome.result.clone()));
                 outcomes[i] = Some(outcome);
                 continue;
             }
@@ -823,7 +829,7 @@ impl Verifier {
             }
             tokio::select! {
                 Some((i, outcome)) = regular.next() => {
-                    send(Event::SourceResult(outcome.result.clone()));
+                    send(&|| Event::SourceResult(outcome.result.clone()));
                     outcomes[i] = Some(outcome);
                 }
                 Some((i, joined)) = late.next() => {
@@ -832,7 +838,7 @@ impl Verifier {
                         &setup.sources[i],
                         joined_outcome(&setup.sources[i], joined),
                     );
-                    send(Event::SourceResult(outcome.result.clone()));
+                    send(&|| Event::SourceResult(outcome.result.clone()));
                     outcomes[i] = Some(outcome);
                 }
                 // Sources without a late deadline end by the deadline on
@@ -842,7 +848,13 @@ impl Verifier {
         }
         drop(regular);
         let pending_until = requested_at + (pending_until - started);
-        let mut returned = outcomes.clone();
+        // The outcomes stay with the completion when late answers are
+        // awaited; otherwise they are folded as they are.
+        let mut returned = if late.is_empty() {
+            std::mem::take(&mut outcomes)
+        } else {
+            outcomes.clone()
+        };
         for (i, o) in returned.iter_mut().enumerate() {
             if o.is_none() {
                 let source = &setup.sources[i];
@@ -851,7 +863,7 @@ impl Verifier {
                     source,
                     pending_outcome(source, pending_until),
                 );
-                send(Event::SourceResult(outcome.result.clone()));
+                send(&|| Event::SourceResult(outcome.result.clone()));
                 *o = Some(outcome);
             }
         }
@@ -906,7 +918,7 @@ impl Verifier {
             let this = self.clone();
             tokio::spawn(async move { this.complete(completion, late).await });
         }
-        send(Event::Report(report.clone()));
+        send(&|| Event::Report(report.clone()));
         Ok(report)
     }
 
@@ -1181,7 +1193,7 @@ fn unanswered(source: &SourceHandle, status: SourceStatus, detail: String) -> So
             detail,
             ..Default::default()
         },
-        answers: Vec::new(),
+        answers: Arc::default(),
     }
 }
 
@@ -1444,7 +1456,7 @@ async fn ask(
                 detail: "not asked: the deadline passed before this source could be asked".into(),
                 ..Default::default()
             },
-            answers: Vec::new(),
+            answers: Arc::default(),
         };
     }
     let lookup = LookupRequest {
@@ -1464,7 +1476,7 @@ async fn ask(
     // An answer older than the caller accepts is not used: the source is
     // reported as failed, and what depends on it is inconclusive.
     let answer = answer.and_then(|served| {
-        if too_old(served.response.as_of.as_ref(), max_age) {
+        if too_old(served.as_of.as_ref(), max_age) {
             Err(GuardError::Source(AdapterError::Malformed(
                 "the answer is older than the max_age asked for".into(),
             )))
@@ -1481,25 +1493,26 @@ async fn ask(
     };
     let answers = match answer {
         Ok(Served {
-            response: resp,
+            answers,
+            as_of,
             cache_hit,
         }) => {
             result.from_cache = cache_hit;
-            let facts: usize = resp.answers.iter().map(|a| a.facts.len()).sum();
+            let facts: usize = answers.iter().map(|a| a.facts.len()).sum();
             result.status = if facts > 0 {
                 SourceStatus::Ok
             } else {
                 SourceStatus::NoRecord
             } as i32;
             result.fact_count = u32::try_from(facts).unwrap_or(u32::MAX);
-            result.as_of = resp.as_of.or_else(|| Some(timestamp(SystemTime::now())));
-            resp.answers
+            result.as_of = as_of.or_else(|| Some(timestamp(SystemTime::now())));
+            answers
         }
         Err(e) => {
             result.status = e.status() as i32;
             result.detail = e.to_string();
             debug!(source = %source.spec.id, error = %e, "source gave no usable answer");
-            Vec::new()
+            Arc::default()
         }
     };
     SourceOutcome {

@@ -42,9 +42,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hedui_adapters::{
     Adapter, AdapterError, LookupContext, answer::check_answer, catalog::SourceSpec,
 };
-use hedui_proto::v1::{CheckResponse, LookupRequest, LookupResponse, SourceStatus};
+use hedui_proto::v1::{CheckResponse, LookupRequest, LookupResponse, PersonAnswer, SourceStatus};
 use moka::{Expiry, future::Cache};
-use prost::Message;
 use tokio::{sync::Semaphore, time::Instant};
 
 use self::{
@@ -80,7 +79,10 @@ impl CacheKey {
 /// A cached answer.
 #[derive(Debug)]
 pub struct Cached {
-    response: LookupResponse,
+    /// The answers, shared with every lookup they serve (not copied).
+    answers: Arc<Vec<PersonAnswer>>,
+    /// The answer's own `as_of`.
+    stated_as_of: Option<prost_types::Timestamp>,
     /// When the answer's data was current: its `as_of`, else when it was
     /// received.
     as_of: SystemTime,
@@ -125,7 +127,8 @@ impl AnswerCache {
                 .max_capacity(max_bytes)
                 .weigher(|k: &CacheKey, v: &Arc<Cached>| {
                     let key = k.source_id.len() + k.persons.iter().map(String::len).sum::<usize>();
-                    u32::try_from(key + v.response.encoded_len() + 64).unwrap_or(u32::MAX)
+                    let answers = prost::encoding::message::encoded_len_repeated(1, &v.answers);
+                    u32::try_from(key + answers + 64).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByAnswer)
                 .support_invalidation_closures()
@@ -201,8 +204,11 @@ impl GuardError {
 /// A guarded answer.
 #[derive(Debug, Clone)]
 pub struct Served {
-    /// The answer, checked against the contract.
-    pub response: LookupResponse,
+    /// The answers, checked against the contract; shared with the cache,
+    /// not copied out of it.
+    pub answers: Arc<Vec<PersonAnswer>>,
+    /// When the source's data was current, as it said.
+    pub as_of: Option<prost_types::Timestamp>,
     /// Whether it was served without a call of this lookup's own (from the
     /// cache, or shared with a concurrent identical lookup).
     pub cache_hit: bool,
@@ -224,6 +230,8 @@ pub struct SourceGuard {
     budget: RetryBudget,
     /// How the source has answered lately, for `SourceHealthService`.
     health: health::HealthWindow,
+    /// The metrics' `source` attribute, made once (its value is shared).
+    source_attr: opentelemetry::KeyValue,
 }
 
 impl fmt::Debug for SourceGuard {
@@ -270,6 +278,7 @@ impl SourceGuard {
         let bulkhead = (l.max_concurrent > 0).then(|| Semaphore::new(l.max_concurrent as usize));
         let breaker = Breaker::new(l.breaker_failures, l.breaker_open());
         let budget = RetryBudget::new(l.retry_budget);
+        let source_attr = crate::telemetry::source(&spec.id);
         Self {
             cache: cache.filter(|_| settings.cache),
             spec,
@@ -282,6 +291,7 @@ impl SourceGuard {
             budget,
             settings,
             health: health::HealthWindow::new(),
+            source_attr,
         }
     }
 
@@ -356,7 +366,7 @@ impl SourceGuard {
             .await;
         let (status, cache_hit) = match &result {
             Ok(served) => (
-                if served.response.answers.iter().any(|a| !a.facts.is_empty()) {
+                if served.answers.iter().any(|a| !a.facts.is_empty()) {
                     "ok"
                 } else {
                     "no_record"
@@ -369,7 +379,7 @@ impl SourceGuard {
         span.record("cache_hit", cache_hit);
         span.record("attempts", attempts.load(Ordering::Relaxed));
         let m = crate::telemetry::metrics();
-        let source = crate::telemetry::source(&self.spec.id);
+        let source = self.source_attr.clone();
         m.source_requests.add(
             1,
             &[
@@ -401,7 +411,8 @@ impl SourceGuard {
                 .call(ctx, &request, attempts)
                 .await
                 .map(|response| Served {
-                    response,
+                    answers: Arc::new(response.answers),
+                    as_of: response.as_of,
                     cache_hit: false,
                 });
         };
@@ -426,9 +437,10 @@ impl SourceGuard {
             if young_enough(&hit, max_age) {
                 crate::telemetry::metrics()
                     .cache_hits
-                    .add(1, &[crate::telemetry::source(&self.spec.id)]);
+                    .add(1, std::slice::from_ref(&self.source_attr));
                 return Ok(Served {
-                    response: hit.response.clone(),
+                    answers: Arc::clone(&hit.answers),
+                    as_of: hit.stated_as_of,
                     cache_hit: true,
                 });
             }
@@ -451,7 +463,8 @@ impl SourceGuard {
                     .and_then(|t| SystemTime::try_from(t).ok())
                     .unwrap_or_else(SystemTime::now);
                 Ok::<_, GuardError>(Arc::new(Cached {
-                    response,
+                    answers: Arc::new(response.answers),
+                    stated_as_of: response.as_of,
                     as_of,
                     ttl,
                 }))
@@ -464,9 +477,11 @@ impl SourceGuard {
         } else {
             &crate::telemetry::metrics().cache_misses
         };
-        counter.add(1, &[crate::telemetry::source(&self.spec.id)]);
+        counter.add(1, std::slice::from_ref(&self.source_attr));
+        let cached = entry.into_value();
         Ok(Served {
-            response: entry.into_value().response.clone(),
+            answers: Arc::clone(&cached.answers),
+            as_of: cached.stated_as_of,
             cache_hit,
         })
     }
@@ -561,7 +576,7 @@ impl SourceGuard {
             .await;
             crate::telemetry::metrics().rate_limit_wait.record(
                 waiting_since.elapsed().as_secs_f64(),
-                &[crate::telemetry::source(&self.spec.id)],
+                std::slice::from_ref(&self.source_attr),
             );
             waited.map_err(|_| held())?;
         }
@@ -605,7 +620,7 @@ impl SourceGuard {
         crate::telemetry::metrics().source_duration.record(
             asked.elapsed().as_secs_f64(),
             &[
-                crate::telemetry::source(&self.spec.id),
+                self.source_attr.clone(),
                 opentelemetry::KeyValue::new(
                     "status",
                     match &answer {
@@ -669,7 +684,10 @@ impl Adapter for SourceGuard {
     ) -> Result<LookupResponse, AdapterError> {
         SourceGuard::lookup(self, ctx, request, None)
             .await
-            .map(|s| s.response)
+            .map(|s| LookupResponse {
+                answers: Arc::unwrap_or_clone(s.answers),
+                as_of: s.as_of,
+            })
             .map_err(GuardError::into_adapter_error)
     }
 

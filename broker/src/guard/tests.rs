@@ -162,7 +162,7 @@ async fn a_hundred_concurrent_identical_lookups_make_one_call() {
     // And later ones are served from the cache.
     let again = g.lookup(&ctx(5000), request(&[A, B]), None).await.unwrap();
     assert!(again.cache_hit);
-    assert_eq!(again.response.answers.len(), 2);
+    assert_eq!(again.answers.len(), 2);
     assert_eq!(source.calls(), 1);
 }
 
@@ -204,7 +204,7 @@ async fn max_age_no_record_ttl_and_change_events_send_lookups_back_to_the_source
     for _ in 0..3 {
         let r = g.lookup(&ctx(1000), request(&[B]), None).await.unwrap();
         assert!(!r.cache_hit);
-        assert!(r.response.answers[0].facts.is_empty());
+        assert!(r.answers[0].facts.is_empty());
     }
     assert_eq!(source.calls(), 6);
 }

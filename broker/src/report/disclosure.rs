@@ -153,15 +153,19 @@ impl Disclosure {
     pub fn restrict(&self, original: &SourceSpec, mut outcome: SourceOutcome) -> SourceOutcome {
         outcome.spec = self.narrowed(original);
         let allowed = &outcome.spec.fact_kinds;
+        let shown = |f: &hedui_proto::v1::Fact| {
+            f.value
+                .as_ref()
+                .is_some_and(|v| allowed.contains(&v.kind()))
+        };
         let mut dropped = 0usize;
-        for answer in &mut outcome.answers {
-            let before = answer.facts.len();
-            answer.facts.retain(|f| {
-                f.value
-                    .as_ref()
-                    .is_some_and(|v| allowed.contains(&v.kind()))
-            });
-            dropped += before - answer.facts.len();
+        // The answers may be the cache's: copied only when a fact must go.
+        if !outcome.answers.iter().all(|a| a.facts.iter().all(shown)) {
+            for answer in std::sync::Arc::make_mut(&mut outcome.answers) {
+                let before = answer.facts.len();
+                answer.facts.retain(shown);
+                dropped += before - answer.facts.len();
+            }
         }
         if dropped > 0 {
             tracing::warn!(
@@ -207,7 +211,7 @@ fn total_key(person_id: &str, fact: &Fact) -> Option<(String, FactKind, i32)> {
 fn disclosed_count(outcome: &SourceOutcome, aggregated: &[FactKind]) -> usize {
     let mut totals = std::collections::BTreeSet::new();
     let mut count = 0;
-    for answer in &outcome.answers {
+    for answer in outcome.answers.iter() {
         for f in &answer.facts {
             let Some(value) = &f.value else { continue };
             if aggregated.contains(&value.kind()) {
@@ -311,7 +315,7 @@ mod tests {
                 fact_count: 4,
                 ..Default::default()
             },
-            answers,
+            answers: answers.into(),
         };
         let only_outflows = Disclosure {
             purpose: "p".into(),
@@ -331,6 +335,11 @@ mod tests {
         );
         assert_eq!(disclosed_kinds(&r), vec!["account_outflow".to_owned()]);
         assert_eq!(only_outflows.restrict(&bank, r.clone()), r, "idempotent");
+        // The answers were shared (as with the cache): restricting copied
+        // them and left the shared ones whole.
+        let facts = |o: &SourceOutcome| o.answers.iter().map(|a| a.facts.len()).sum::<usize>();
+        assert_eq!(facts(&outcome), 4);
+        assert_eq!(facts(&r), 1);
 
         let totals = Disclosure {
             purpose: "p".into(),

@@ -6,7 +6,7 @@
 //! figures. When the source holds no registration of the applicant, or cannot
 //! be used, the household is the applicant alone (see `docs/policy.md`).
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use hedui_adapters::catalog::SourceSpec;
 use hedui_proto::v1::{
@@ -22,8 +22,9 @@ pub struct SourceOutcome {
     /// Its result as the report lists it.
     pub result: SourceResult,
     /// Its answers, one per person asked about; present only when
-    /// `result.status` is `OK` or `NO_RECORD`.
-    pub answers: Vec<PersonAnswer>,
+    /// `result.status` is `OK` or `NO_RECORD`. Shared with the cache that
+    /// served them: `Arc::make_mut` copies them before a change.
+    pub answers: Arc<Vec<PersonAnswer>>,
 }
 
 impl SourceOutcome {
@@ -291,7 +292,7 @@ mod tests {
 
         // An answer for the applicant without any registration is the same.
         let mut o = household_ok(APPLICANT, registration("H1", HukouType::Urban, &[]));
-        o.answers[0].facts.clear();
+        Arc::make_mut(&mut o.answers)[0].facts.clear();
         assert_eq!(
             resolve_household(APPLICANT, &o).resolution,
             Resolution::NotRegistered
@@ -344,7 +345,7 @@ mod tests {
         );
         let mut o = household_ok(APPLICANT, reg.clone());
         let second = o.answers[0].facts[0].clone();
-        o.answers[0].facts.push(second);
+        Arc::make_mut(&mut o.answers)[0].facts.push(second);
         let h = resolve_household(APPLICANT, &o);
         assert_eq!(h.resolution, Resolution::Failed);
         assert_eq!(

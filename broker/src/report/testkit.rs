@@ -93,7 +93,8 @@ pub(crate) fn household_ok(applicant: &str, reg: HouseholdRegistration) -> Sourc
         answers: vec![PersonAnswer {
             person_id: applicant.to_owned(),
             facts: vec![fact("hr-1", fact::Value::HouseholdRegistration(reg))],
-        }],
+        }]
+        .into(),
         spec,
     }
 }
@@ -102,7 +103,7 @@ pub(crate) fn household_status(status: SourceStatus) -> SourceOutcome {
     let spec = household_spec();
     SourceOutcome {
         result: result(&spec, status, 0),
-        answers: Vec::new(),
+        answers: std::sync::Arc::default(),
         spec,
     }
 }
@@ -203,13 +204,10 @@ impl Scenario {
     ) {
         let outcome = self.outcome_mut(source_id);
         let f = fact(record_id, value);
-        match outcome
-            .answers
-            .iter_mut()
-            .find(|a| a.person_id == person_id)
-        {
+        let answers = std::sync::Arc::make_mut(&mut outcome.answers);
+        match answers.iter_mut().find(|a| a.person_id == person_id) {
             Some(answer) => answer.facts.push(f),
-            None => outcome.answers.push(PersonAnswer {
+            None => answers.push(PersonAnswer {
                 person_id: person_id.to_owned(),
                 facts: vec![f],
             }),
@@ -224,7 +222,7 @@ impl Scenario {
         let spec = outcome.spec.clone();
         outcome.result = result(&spec, status, 0);
         if !matches!(status, SourceStatus::Ok | SourceStatus::NoRecord) {
-            outcome.answers.clear();
+            outcome.answers = std::sync::Arc::default();
         }
     }
 
@@ -264,7 +262,8 @@ fn no_record(spec: SourceSpec, persons: &[String]) -> SourceOutcome {
                 person_id: p.clone(),
                 facts: Vec::new(),
             })
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
         spec,
     }
 }

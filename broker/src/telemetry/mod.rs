@@ -337,7 +337,9 @@ pub fn adopt_caller_trace(span: &tracing::Span, headers: &http::HeaderMap) {
 
 /// A `source` attribute.
 pub fn source(id: &str) -> KeyValue {
-    KeyValue::new("source", id.to_owned())
+    // Shared, so that cloning the attribute for each measurement does not
+    // copy the id.
+    KeyValue::new("source", std::sync::Arc::<str>::from(id))
 }
 
 #[cfg(test)]
