@@ -191,6 +191,27 @@ impl ReportStore {
     /// # Errors
     /// As [`ReportStore::put`].
     pub async fn put_owned(&self, report: &Report, owner: &str) -> Result<(), StoreError> {
+        self.put_encoded(report, report.encode_to_vec(), owner)
+            .await
+    }
+
+    /// [`Self::put_owned`] with the report's protobuf encoding made by the
+    /// caller (who needed it too: the audit record's digest), so that it is
+    /// not encoded twice. `body` must be `report.encode_to_vec()`.
+    ///
+    /// # Errors
+    /// As [`Self::put_owned`].
+    pub async fn put_encoded(
+        &self,
+        report: &Report,
+        body: Vec<u8>,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        debug_assert_eq!(
+            body,
+            report.encode_to_vec(),
+            "body is the report's encoding"
+        );
         let completed_ms = report
             .completed_at
             .as_ref()
@@ -201,7 +222,7 @@ impl ReportStore {
             report_id: report.report_id.clone(),
             completed_ms,
             verdict: report.verdict,
-            body: report.encode_to_vec(),
+            body,
             pending: report.pending,
             revision: report.revision,
             owner: owner.to_owned(),

@@ -887,8 +887,10 @@ impl Verifier {
             report.pending_until = Some(timestamp(pending_until));
         }
 
-        // 4. Recorded, then stored, before it leaves.
-        let mut entry = self.access_entry(&report, caller, started.elapsed());
+        // 4. Recorded, then stored, before it leaves. One encoding serves
+        // the record's digest and the store.
+        let encoded = report.encode_to_vec();
+        let mut entry = self.access_entry(&report, &encoded, caller, started.elapsed());
         record_disclosure(&mut entry, &report, returned.iter());
         self.audit.record(entry).await.map_err(|e| {
             warn!(error = %e, "access not recorded; the report does not leave");
@@ -899,7 +901,11 @@ impl Verifier {
             // before the report is stored, none misses the completion.
             self.watchers.register(&report_id, report.clone());
         }
-        if let Err(e) = self.store.put_owned(&report, caller.owner()).await {
+        if let Err(e) = self
+            .store
+            .put_encoded(&report, encoded, caller.owner())
+            .await
+        {
             warn!(error = %e, "report not stored, verification fails");
             self.watchers.remove(&report_id);
             return Err(VerifyError::StoreUnavailable(e));
@@ -1327,7 +1333,7 @@ impl Verifier {
     /// The audit entry of a report completed after late answers: the
     /// sources that answered late (or were closed) with their outcomes.
     fn completed_entry(&self, report: &Report, caller: &Caller, late: &[&SourceResult]) -> Entry {
-        let mut entry = self.access_entry(report, caller, Duration::ZERO);
+        let mut entry = self.access_entry(report, &report.encode_to_vec(), caller, Duration::ZERO);
         entry.kind = Some(Kind::ReportCompleted);
         entry.time_ms = Entry::new(Kind::ReportCompleted).time_ms;
         entry.sources = late
@@ -1349,7 +1355,14 @@ impl Verifier {
     }
 
     /// The audit entry of a verification that produced `report`.
-    fn access_entry(&self, report: &Report, caller: &Caller, latency: Duration) -> Entry {
+    /// The access record of `report`, whose protobuf encoding is `encoded`.
+    fn access_entry(
+        &self,
+        report: &Report,
+        encoded: &[u8],
+        caller: &Caller,
+        latency: Duration,
+    ) -> Entry {
         let key = self.audit.subject_key();
         let request = report.request.clone().unwrap_or_default();
         let mut entry = Entry::new(Kind::Verification);
@@ -1373,7 +1386,7 @@ impl Verifier {
                 facts: s.fact_count,
             })
             .collect();
-        entry.report_digest = self.audit.digest(&report.encode_to_vec());
+        entry.report_digest = self.audit.digest(encoded);
         entry.latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         entry
     }

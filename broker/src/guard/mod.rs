@@ -232,6 +232,11 @@ pub struct SourceGuard {
     health: health::HealthWindow,
     /// The metrics' `source` attribute, made once (its value is shared).
     source_attr: opentelemetry::KeyValue,
+    /// The breaker state last written to the `hedui.breaker.state` gauge
+    /// (`None`: none yet). A gauge keeps its last value, so it is written
+    /// when the state it shows changes, not on every lookup; the state is
+    /// read and written under this lock, so the last written is the latest.
+    breaker_shown: std::sync::Mutex<Option<i64>>,
 }
 
 impl fmt::Debug for SourceGuard {
@@ -292,6 +297,7 @@ impl SourceGuard {
             settings,
             health: health::HealthWindow::new(),
             source_attr,
+            breaker_shown: std::sync::Mutex::new(None),
         }
     }
 
@@ -379,23 +385,29 @@ impl SourceGuard {
         span.record("cache_hit", cache_hit);
         span.record("attempts", attempts.load(Ordering::Relaxed));
         let m = crate::telemetry::metrics();
-        let source = self.source_attr.clone();
         m.source_requests.add(
             1,
             &[
-                source.clone(),
+                self.source_attr.clone(),
                 opentelemetry::KeyValue::new("status", status),
                 opentelemetry::KeyValue::new("cache_hit", cache_hit),
             ],
         );
-        m.breaker_state.record(
-            match self.breaker.state() {
-                BreakerState::Closed => 0,
-                BreakerState::HalfOpen => 1,
-                BreakerState::Open { .. } => 2,
-            },
-            &[source],
-        );
+        let mut shown = self
+            .breaker_shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let breaker = match self.breaker.state() {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open { .. } => 2,
+        };
+        if *shown != Some(breaker) {
+            m.breaker_state
+                .record(breaker, std::slice::from_ref(&self.source_attr));
+            *shown = Some(breaker);
+        }
+        drop(shown);
         result
     }
 
