@@ -16,7 +16,7 @@ use hedui_proto::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::load::Outcome;
+use crate::load::{Inner, Outcome};
 
 /// Deadline of every request the benchmark sends (gRPC and, for the
 /// broker, the verification's own).
@@ -76,7 +76,9 @@ fn duration_of(d: Option<&prost_types::Duration>) -> Option<Duration> {
 
 /// S1 to S4: one `VerificationService/Verify`. A report in which a source
 /// did not answer (`OK` or `NO_RECORD`) counts as a failure: it is not a
-/// whole verification. Gives the slowest source's latency in the report.
+/// whole verification. Gives the sources' latencies in the report: the
+/// slowest, and the critical path (the household lookup, then the slowest
+/// source asked after it).
 pub(crate) async fn verify_once(channel: Channel, applicant: &str, i: usize) -> Outcome {
     let mut client = VerificationServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     let mut request = tonic::Request::new(VerifyRequest {
@@ -104,11 +106,29 @@ pub(crate) async fn verify_once(channel: Channel, applicant: &str, i: usize) -> 
     if report.sources.is_empty() {
         bail!("a report with no sources");
     }
-    Ok(report
+    let latency = |s: &hedui_proto::v1::SourceResult| duration_of(s.latency.as_ref());
+    let household = report
         .sources
         .iter()
-        .filter_map(|s| duration_of(s.latency.as_ref()))
-        .max())
+        .find(|s| s.source_id == HOUSEHOLD_SOURCE)
+        .and_then(latency);
+    let after = report
+        .sources
+        .iter()
+        .filter(|s| s.source_id != HOUSEHOLD_SOURCE)
+        .filter_map(latency)
+        .max();
+    Ok(match (household, after) {
+        (Some(h), Some(a)) => Some(Inner {
+            slowest: h.max(a),
+            path: h + a,
+        }),
+        (Some(only), None) | (None, Some(only)) => Some(Inner {
+            slowest: only,
+            path: only,
+        }),
+        (None, None) => None,
+    })
 }
 
 /// Baseline B: a platform's own clients of every simulated source, one
@@ -172,18 +192,21 @@ fn lookup_request(
 
 /// Baseline B: resolves the applicant's household at `public-security`,
 /// then asks the 27 other sources about its active members, all at once.
-/// Gives the slowest of the 27 calls.
+/// Gives the slowest of the 28 calls and the critical path (the household
+/// lookup plus the slowest of the 27 after it).
 pub(crate) async fn direct_fan_out(
     clients: Arc<DirectClients>,
     applicant: &str,
     i: usize,
 ) -> Outcome {
     let (id, kinds, channel) = &clients.household;
+    let household_started = std::time::Instant::now();
     let answer = AdapterServiceClient::new(channel.clone())
         .lookup(lookup_request(id, kinds, vec![applicant.to_owned()], i))
         .await
         .with_context(|| id.clone())?
         .into_inner();
+    let household = household_started.elapsed();
     let registration = answer
         .answers
         .iter()
@@ -217,7 +240,10 @@ pub(crate) async fn direct_fan_out(
     for r in futures::future::join_all(calls).await {
         slowest = slowest.max(r?);
     }
-    Ok(Some(slowest))
+    Ok(Some(Inner {
+        slowest: slowest.max(household),
+        path: household + slowest,
+    }))
 }
 
 /// The agencies' control service.

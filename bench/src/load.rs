@@ -15,9 +15,20 @@ use std::{
 
 use serde::Serialize;
 
-/// What one request gave: `Ok(Some(d))` with a duration measured on the
-/// other side (the slowest source of a report), `Ok(None)` without one.
-pub(crate) type Outcome = anyhow::Result<Option<Duration>>;
+/// What one request gave: `Ok(Some(inner))` with durations measured on the
+/// other side (its sources), `Ok(None)` without them.
+pub(crate) type Outcome = anyhow::Result<Option<Inner>>;
+
+/// The sources' latencies behind one verification (or direct fan-out), as
+/// measured by whoever called them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Inner {
+    /// The slowest single source.
+    pub(crate) slowest: Duration,
+    /// The sources' critical path: the household lookup, which comes
+    /// first, plus the slowest of the sources asked after it.
+    pub(crate) path: Duration,
+}
 
 /// Latency percentiles, milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -69,6 +80,12 @@ pub(crate) struct LoadResult {
     /// For each request that reported a duration: its latency minus that
     /// duration, microseconds.
     pub(crate) overhead_us: Vec<u64>,
+    /// The sources' critical path each successful request reported (when
+    /// it reported one), microseconds.
+    pub(crate) path_us: Vec<u64>,
+    /// For each request that reported a critical path: its latency minus
+    /// that path, microseconds.
+    pub(crate) path_overhead_us: Vec<u64>,
 }
 
 impl LoadResult {
@@ -85,9 +102,12 @@ impl LoadResult {
                 let total = started.elapsed().as_micros() as u64;
                 self.latencies_us.push(total);
                 if let Some(d) = inner {
-                    let inner = d.as_micros() as u64;
-                    self.inner_us.push(inner);
-                    self.overhead_us.push(total.saturating_sub(inner));
+                    let slowest = d.slowest.as_micros() as u64;
+                    self.inner_us.push(slowest);
+                    self.overhead_us.push(total.saturating_sub(slowest));
+                    let path = d.path.as_micros() as u64;
+                    self.path_us.push(path);
+                    self.path_overhead_us.push(total.saturating_sub(path));
                 }
             }
             Err(e) => {
@@ -109,6 +129,8 @@ impl LoadResult {
         self.latencies_us.extend(other.latencies_us);
         self.inner_us.extend(other.inner_us);
         self.overhead_us.extend(other.overhead_us);
+        self.path_us.extend(other.path_us);
+        self.path_overhead_us.extend(other.path_overhead_us);
     }
 }
 
@@ -224,7 +246,10 @@ mod tests {
         let r = closed_loop(4, Duration::from_millis(50), 0, |i| async move {
             tokio::time::sleep(Duration::from_millis(1)).await;
             if i % 2 == 0 {
-                Ok(Some(Duration::from_micros(10)))
+                Ok(Some(Inner {
+                    slowest: Duration::from_micros(10),
+                    path: Duration::from_micros(12),
+                }))
             } else {
                 Err(anyhow::anyhow!("odd"))
             }
@@ -233,6 +258,8 @@ mod tests {
         assert!(r.ok > 0 && r.errors > 0);
         assert_eq!(r.latencies_us.len() as u64, r.ok);
         assert_eq!(r.inner_us.len() as u64, r.ok);
+        assert_eq!(r.path_us.len() as u64, r.ok);
+        assert!(r.path_us.iter().all(|&p| p == 12));
         assert_eq!(r.first_error.as_deref(), Some("odd"));
     }
 

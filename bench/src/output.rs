@@ -45,6 +45,12 @@ pub(crate) struct LatencyComparison {
     pub(crate) slowest_source_ms: Percentiles,
     /// Per verification, hedui's latency minus its slowest source's.
     pub(crate) overhead_ms: Percentiles,
+    /// The sources' critical path of each report: the household lookup
+    /// plus the slowest source asked after it.
+    pub(crate) critical_path_ms: Percentiles,
+    /// Per verification, hedui's latency minus its critical path: what the
+    /// broker itself adds (its work, its queues, the network to it).
+    pub(crate) path_overhead_ms: Percentiles,
 }
 
 /// S5: one level of verifications held in flight.
@@ -223,11 +229,15 @@ impl Results {
             let _ = writeln!(
                 out,
                 "\nS3 at {:.1} verifications/s (open loop): p50 / p95 / p99 ms\n  \
-                 hedui           {}\n  slowest source  {}\n  hedui − slowest {}",
+                 hedui           {}\n  slowest source  {}\n  hedui − slowest {}\n  \
+                 critical path   {}  (household lookup + slowest source after it)\n  \
+                 hedui − path    {}",
                 s3.rate_per_s,
                 p(&s3.hedui_ms),
                 p(&s3.slowest_source_ms),
-                p(&s3.overhead_ms)
+                p(&s3.overhead_ms),
+                p(&s3.critical_path_ms),
+                p(&s3.path_overhead_ms)
             );
         }
         if let Some(s5) = &self.s5 {

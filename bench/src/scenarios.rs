@@ -612,7 +612,11 @@ async fn s2_s3(
         clients::reset_all(&agencies.control, &sources).await?;
         let mut slowest = std::mem::take(&mut result.inner_us);
         let mut overhead = std::mem::take(&mut result.overhead_us);
+        let mut path = std::mem::take(&mut result.path_us);
+        let mut path_overhead = std::mem::take(&mut result.path_overhead_us);
         comparison = Some(LatencyComparison {
+            critical_path_ms: Percentiles::of(&mut path),
+            path_overhead_ms: Percentiles::of(&mut path_overhead),
             rate_per_s: rate,
             hedui_ms: Percentiles::of(&mut result.latencies_us.clone()),
             slowest_source_ms: Percentiles::of(&mut slowest),
@@ -1091,6 +1095,14 @@ fn ratios(
                 s3.hedui_ms.p99_ms / s3.slowest_source_ms.p99_ms,
             ));
         }
+        r.push(Ratio::info(
+            "S3 hedui p99 − critical-path p99 (ms)",
+            s3.hedui_ms.p99_ms - s3.critical_path_ms.p99_ms,
+        ));
+        r.push(Ratio::info(
+            "S3 hedui − critical path, p99 per verification (ms)",
+            s3.path_overhead_ms.p99_ms,
+        ));
     }
     if let (Some(s4), Some(b)) = (s4, b) {
         r.push(Ratio::at_least("S4 / baseline B (throughput)", s4 / b, 3.0));
