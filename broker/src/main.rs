@@ -25,7 +25,7 @@ use tracing_subscriber::EnvFilter;
 /// jemalloc, not glibc's malloc: with glibc, malloc and free (with
 /// `malloc_consolidate` and `unlink_chunk`, fragmentation) took about a
 /// quarter of the broker's CPU in the verification benchmarks; jemalloc cut
-/// the broker's CPU per verification by 17-26 % (docs/benchmarks.md).
+/// the broker's CPU per verification by 13-26 % (docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

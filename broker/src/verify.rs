@@ -987,7 +987,8 @@ impl Verifier {
             .iter()
             .filter_map(|i| report.sources.get(*i))
             .collect();
-        let mut entry = self.completed_entry(&report, &caller, &late_sources);
+        let encoded = report.encode_to_vec();
+        let mut entry = self.completed_entry(&report, &encoded, &caller, &late_sources);
         record_disclosure(
             &mut entry,
             &report,
@@ -999,7 +1000,7 @@ impl Verifier {
             self.watchers.remove(&report_id);
             return;
         }
-        if let Err(e) = self.store.put(&report).await {
+        if let Err(e) = self.store.put_encoded(&report, encoded, "").await {
             tracing::error!(error = %e, report = %report_id, "completed report not stored");
             self.watchers.remove(&report_id);
             return;
@@ -1039,13 +1040,14 @@ impl Verifier {
                 .iter()
                 .filter(|s| s.detail.starts_with("no answer: the broker stopped"))
                 .collect();
-            let entry = self.completed_entry(&report, &Caller::new("hedui"), &closed);
+            let encoded = report.encode_to_vec();
+            let entry = self.completed_entry(&report, &encoded, &Caller::new("hedui"), &closed);
             self.audit
                 .record(entry)
                 .await
                 .map_err(VerifyError::AuditUnavailable)?;
             self.store
-                .put(&report)
+                .put_encoded(&report, encoded, "")
                 .await
                 .map_err(VerifyError::StoreUnavailable)?;
         }
@@ -1332,8 +1334,14 @@ impl Verifier {
 
     /// The audit entry of a report completed after late answers: the
     /// sources that answered late (or were closed) with their outcomes.
-    fn completed_entry(&self, report: &Report, caller: &Caller, late: &[&SourceResult]) -> Entry {
-        let mut entry = self.access_entry(report, &report.encode_to_vec(), caller, Duration::ZERO);
+    fn completed_entry(
+        &self,
+        report: &Report,
+        encoded: &[u8],
+        caller: &Caller,
+        late: &[&SourceResult],
+    ) -> Entry {
+        let mut entry = self.access_entry(report, encoded, caller, Duration::ZERO);
         entry.kind = Some(Kind::ReportCompleted);
         entry.time_ms = Entry::new(Kind::ReportCompleted).time_ms;
         entry.sources = late
@@ -1354,8 +1362,8 @@ impl Verifier {
         entry
     }
 
-    /// The audit entry of a verification that produced `report`.
-    /// The access record of `report`, whose protobuf encoding is `encoded`.
+    /// The audit entry of a verification that produced `report`, whose
+    /// protobuf encoding is `encoded`.
     fn access_entry(
         &self,
         report: &Report,

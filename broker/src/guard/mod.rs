@@ -233,10 +233,12 @@ pub struct SourceGuard {
     /// The metrics' `source` attribute, made once (its value is shared).
     source_attr: opentelemetry::KeyValue,
     /// The breaker state last written to the `hedui.breaker.state` gauge
-    /// (`None`: none yet). A gauge keeps its last value, so it is written
-    /// when the state it shows changes, not on every lookup; the state is
-    /// read and written under this lock, so the last written is the latest.
-    breaker_shown: std::sync::Mutex<Option<i64>>,
+    /// (-1: none yet). A gauge keeps its last value, so it is written when
+    /// the state it shows changes, not on every lookup. Unchanged is seen
+    /// without a lock; a change is read again and written under
+    /// `breaker_write`, so the last written is the latest.
+    breaker_shown: std::sync::atomic::AtomicI64,
+    breaker_write: std::sync::Mutex<()>,
 }
 
 impl fmt::Debug for SourceGuard {
@@ -297,7 +299,8 @@ impl SourceGuard {
             settings,
             health: health::HealthWindow::new(),
             source_attr,
-            breaker_shown: std::sync::Mutex::new(None),
+            breaker_shown: std::sync::atomic::AtomicI64::new(-1),
+            breaker_write: std::sync::Mutex::new(()),
         }
     }
 
@@ -393,21 +396,23 @@ impl SourceGuard {
                 opentelemetry::KeyValue::new("cache_hit", cache_hit),
             ],
         );
-        let mut shown = self
-            .breaker_shown
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let breaker = match self.breaker.state() {
+        let breaker_code = || match self.breaker.state() {
             BreakerState::Closed => 0,
             BreakerState::HalfOpen => 1,
             BreakerState::Open { .. } => 2,
         };
-        if *shown != Some(breaker) {
-            m.breaker_state
-                .record(breaker, std::slice::from_ref(&self.source_attr));
-            *shown = Some(breaker);
+        if self.breaker_shown.load(Ordering::Acquire) != breaker_code() {
+            let _writing = self
+                .breaker_write
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let breaker = breaker_code();
+            if self.breaker_shown.load(Ordering::Acquire) != breaker {
+                m.breaker_state
+                    .record(breaker, std::slice::from_ref(&self.source_attr));
+                self.breaker_shown.store(breaker, Ordering::Release);
+            }
         }
-        drop(shown);
         result
     }
 
