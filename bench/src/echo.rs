@@ -8,7 +8,6 @@ use hedui_proto::v1::{
     CheckRequest, CheckResponse, FactKind, LookupRequest, LookupResponse, PersonAnswer,
     adapter_service_server::{AdapterService, AdapterServiceServer},
 };
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +71,10 @@ pub(crate) async fn serve() -> anyhow::Result<()> {
     // Served exactly as the broker serves its API (`broker/src/server.rs`).
     tonic::transport::Server::builder()
         .add_service(AdapterServiceServer::new(Echo))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop,
+        )
         .await?;
     Ok(())
 }

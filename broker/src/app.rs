@@ -556,7 +556,7 @@ pub async fn serve_federation(
     auth.server()?
         .add_service(auth.wrap(server.into_service()))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;

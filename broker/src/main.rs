@@ -506,7 +506,8 @@ async fn main() -> anyhow::Result<()> {
                         tonic::transport::Server::builder()
                             .add_service(service)
                             .serve_with_incoming_shutdown(
-                                tokio_stream::wrappers::TcpListenerStream::new(l),
+                                tonic::transport::server::TcpIncoming::from(l)
+                                    .with_nodelay(Some(true)),
                                 stop,
                             )
                             .await

@@ -14,7 +14,7 @@ use hedui_proto::v1::{
     verification_service_server::{VerificationService, VerificationServiceServer},
 };
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
 
@@ -415,8 +415,12 @@ pub async fn serve(
                 .await?;
         }
         None => {
+            // Small answers go out at once (no Nagle delay waiting for the
+            // peer's delayed ACK), as on the TLS path.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;
         }
     }

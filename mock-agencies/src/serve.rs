@@ -18,7 +18,6 @@ use hedui_adapters::{
     server::{AdapterServer, ServerAuth},
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, server::Router};
 
 use crate::{
@@ -129,9 +128,11 @@ fn spawn_server(
             // An error means the sender is gone: stop too.
             let _ = stop.wait_for(|v| *v).await;
         };
-        let served = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-            .await;
+        // Answers go out at once, not after the caller's delayed ACK
+        // (Nagle): a department's latency is what its simulation sets.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let served = router.serve_with_incoming_shutdown(incoming, signal).await;
         if let Err(e) = served {
             tracing::error!(server = %name, error = %e, "server stopped with an error");
         }
