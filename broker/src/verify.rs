@@ -518,14 +518,16 @@ impl Verifier {
 
     /// Refuses a request whose authorization letter does not cover a
     /// member household registration found: recorded as a refusal that
-    /// lists the household source (the only one asked) and every person
-    /// concerned.
+    /// lists the household source, the sources `asked` about the declared
+    /// members meanwhile (none when the request declared none) and every
+    /// person concerned.
     async fn deny_member(
         &self,
         caller: &Caller,
         request: &VerificationRequest,
         household_outcome: &SourceOutcome,
         household: &crate::report::household::Household,
+        asked: Vec<SourceEntry>,
         error: VerifyError,
     ) -> VerifyError {
         let mut entry = self.denied_entry(caller, Some(request), &error);
@@ -544,6 +546,7 @@ impl Verifier {
             cache_hit: r.from_cache,
             facts: r.fact_count,
         }];
+        entry.sources.extend(asked);
         self.record_denial(entry, error).await
     }
 
@@ -714,7 +717,12 @@ impl Verifier {
             }
         };
 
-        // 1. The household, through household registration.
+        // 1. The household, through household registration. When the
+        // platform declares the members, every other source is asked about
+        // them (and the applicant) at once, while registration is asked:
+        // registration then only confirms whom those answers are about
+        // (see `FanOut`), and a verification takes as long as its slowest
+        // source, not registration plus the slowest source after it.
         let household_source = &setup.sources[setup.household];
         let limits = Limits {
             purpose,
@@ -722,14 +730,32 @@ impl Verifier {
             max_age,
         };
         let disclosure = setup.disclosure(request.purpose);
-        let household_outcome = ask(
-            &narrowed(disclosure.as_deref(), household_source),
+        let shared = Arc::new(request.clone());
+        let plan = Plan {
+            setup: &setup,
+            disclosure: &disclosure,
+            report_id: &report_id,
+            request: &shared,
+            started,
+            deadline,
+            limits,
+        };
+        let mut speculative = declared_persons(&request).map(|ids| plan.launch(ids));
+        let household_asked = narrowed(disclosure.as_deref(), household_source);
+        let household_lookup = ask(
+            &household_asked,
             &report_id,
             vec![request.applicant_id.clone()],
             &request,
             limits,
-        )
-        .await;
+        );
+        let household_outcome = match speculative.as_mut() {
+            Some(fan) => {
+                fan.drive_until(household_lookup, &setup, disclosure.as_deref())
+                    .await
+            }
+            None => household_lookup.await,
+        };
         let household_outcome =
             restricted(disclosure.as_deref(), household_source, household_outcome);
         let household = resolve_household(&request.applicant_id, &household_outcome);
@@ -738,9 +764,24 @@ impl Verifier {
         if let Some(letter) = &letter
             && let Err(message) = crate::consent::check_members(letter, &household)
         {
+            let asked = speculative.map(|fan| fan.abandon(&setup));
+            let message = match &asked {
+                None => format!("{message}; only household registration was asked"),
+                Some(_) => format!(
+                    "{message}; the other sources were asked about the applicant and the \
+                     declared members only, and their answers were dropped"
+                ),
+            };
             let e = VerifyError::PermissionDenied { message };
             return Err(self
-                .deny_member(caller, &request, &household_outcome, &household, e)
+                .deny_member(
+                    caller,
+                    &request,
+                    &household_outcome,
+                    &household,
+                    asked.unwrap_or_default(),
+                    e,
+                )
                 .await);
         }
         // A streaming caller learns the members and each source's outcome
@@ -763,64 +804,39 @@ impl Verifier {
         });
         send(&|| Event::SourceResult(household_outcome.result.clone()));
 
-        // 2. Every other source at once, about the active members. A
-        // source the broker may wait longer for (`late_deadline_ms`) runs
-        // as its own task, so that it can outlive this request.
-        let person_ids = household.active_ids.clone();
-        let shared = Arc::new(request.clone());
-        let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; setup.sources.len()];
-        outcomes[setup.household] = Some(household_outcome);
-        let mut regular = FuturesUnordered::new();
-        let mut late: LateAnswers = FuturesUnordered::new();
-        let mut pending_until = deadline;
-        for (i, source) in setup.sources.iter().enumerate() {
-            if i == setup.household {
-                continue;
+        // 2. Every other source at once, about the active members: the
+        // answers asked for already when registration confirms the
+        // declared members, asked now otherwise. A source the broker may
+        // wait longer for (`late_deadline_ms`) runs as its own task, so
+        // that it can outlive this request.
+        let mut redone = false;
+        let fan = match speculative {
+            Some(fan) if fan.asks_about(&household.active_ids) => fan,
+            other => {
+                if let Some(fan) = other {
+                    // Registration lists other active members: those
+                    // answers are dropped unread, and the sources asked
+                    // again about the members it lists.
+                    debug!("declared members differ from registration; asking again");
+                    fan.abandon(&setup);
+                    redone = true;
+                }
+                plan.launch(household.active_ids.clone())
             }
-            if let Some(why) = disclosure.as_ref().and_then(|d| d.not_asked(&source.spec)) {
-                // Data minimisation: neither asked nor taken from the
-                // cache for this purpose.
-                let outcome = unanswered(source, SourceStatus::NotQueried, why);
-                let outcome = restricted(disclosure.as_deref(), source, outcome);
+        };
+        for &i in &fan.landed {
+            if let Some(outcome) = &fan.outcomes[i] {
                 send(&|| Event::SourceResult(outcome.result.clone()));
-                outcomes[i] = Some(outcome);
-                continue;
-            }
-            let long = started + source.guard.late_deadline();
-            let limits = Limits {
-                purpose,
-                deadline: long.max(deadline),
-                max_age,
-            };
-            let (source, report_id, person_ids, request, disclosure) = (
-                source.clone(),
-                report_id.clone(),
-                person_ids.clone(),
-                shared.clone(),
-                disclosure.clone(),
-            );
-            // Asked only for the kinds the purpose may see, and the answer
-            // (the cache's too) filtered again before anything reads it.
-            let work = async move {
-                let d = disclosure.as_deref();
-                let outcome = ask(
-                    &narrowed(d, &source),
-                    &report_id,
-                    person_ids,
-                    &request,
-                    limits,
-                )
-                .await;
-                restricted(d, &source, outcome)
-            };
-            if long > deadline {
-                pending_until = pending_until.max(long);
-                let task = tokio::spawn(work);
-                late.push(Box::pin(async move { (i, task.await) }));
-            } else {
-                regular.push(async move { (i, work.await) });
             }
         }
+        let FanOut {
+            mut regular,
+            mut late,
+            mut outcomes,
+            pending_until,
+            ..
+        } = fan;
+        outcomes[setup.household] = Some(household_outcome);
         let request_deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(request_deadline);
         loop {
@@ -892,6 +908,12 @@ impl Verifier {
         let encoded = report.encode_to_vec();
         let mut entry = self.access_entry(&report, &encoded, caller, started.elapsed());
         record_disclosure(&mut entry, &report, returned.iter());
+        if redone {
+            entry.detail = "the sources were asked first about the applicant and the declared \
+                            members; household registration lists other active members, so \
+                            those answers were dropped unread and the sources asked again"
+                .into();
+        }
         self.audit.record(entry).await.map_err(|e| {
             warn!(error = %e, "access not recorded; the report does not leave");
             VerifyError::AuditUnavailable(e)
@@ -1056,6 +1078,201 @@ impl Verifier {
         }
         Ok(n)
     }
+}
+
+/// What every fan-out of one verification shares.
+struct Plan<'a> {
+    setup: &'a Arc<Setup>,
+    disclosure: &'a Option<Arc<Disclosure>>,
+    report_id: &'a str,
+    request: &'a Arc<VerificationRequest>,
+    started: Instant,
+    deadline: Instant,
+    limits: Limits,
+}
+
+impl Plan<'_> {
+    /// Asks every source but household registration about `person_ids`,
+    /// at once. Nothing is sent to a streaming caller: the outcomes known
+    /// so far are in [`FanOut::landed`].
+    fn launch(
+        &self,
+        person_ids: Vec<String>,
+    ) -> FanOut<impl std::future::Future<Output = (usize, SourceOutcome)> + Send + use<>> {
+        let setup = self.setup;
+        let mut fan = FanOut {
+            person_ids: Arc::new(person_ids),
+            regular: FuturesUnordered::new(),
+            late: FuturesUnordered::new(),
+            late_tasks: Vec::new(),
+            outcomes: vec![None; setup.sources.len()],
+            landed: Vec::new(),
+            pending_until: self.deadline,
+        };
+        for (i, source) in setup.sources.iter().enumerate() {
+            if i == setup.household {
+                continue;
+            }
+            if let Some(why) = self
+                .disclosure
+                .as_ref()
+                .and_then(|d| d.not_asked(&source.spec))
+            {
+                // Data minimisation: neither asked nor taken from the
+                // cache for this purpose.
+                let outcome = unanswered(source, SourceStatus::NotQueried, why);
+                let outcome = restricted(self.disclosure.as_deref(), source, outcome);
+                fan.land(i, outcome);
+                continue;
+            }
+            let long = self.started + source.guard.late_deadline();
+            let limits = Limits {
+                deadline: long.max(self.deadline),
+                ..self.limits
+            };
+            let (source, report_id, person_ids, request, disclosure) = (
+                source.clone(),
+                self.report_id.to_owned(),
+                fan.person_ids.clone(),
+                self.request.clone(),
+                self.disclosure.clone(),
+            );
+            // Asked only for the kinds the purpose may see, and the answer
+            // (the cache's too) filtered again before anything reads it.
+            let work = async move {
+                let d = disclosure.as_deref();
+                let outcome = ask(
+                    &narrowed(d, &source),
+                    &report_id,
+                    person_ids.to_vec(),
+                    &request,
+                    limits,
+                )
+                .await;
+                restricted(d, &source, outcome)
+            };
+            if long > self.deadline {
+                fan.pending_until = fan.pending_until.max(long);
+                let task = tokio::spawn(work);
+                fan.late_tasks.push(task.abort_handle());
+                fan.late.push(Box::pin(async move { (i, task.await) }));
+            } else {
+                fan.regular.push(async move { (i, work.await) });
+            }
+        }
+        fan
+    }
+}
+
+/// The sources other than household registration, asked at once about the
+/// same persons.
+///
+/// When the request declares the household's members, the fan-out about
+/// them starts while household registration is asked. It is kept when
+/// registration lists exactly those persons as the active members (the
+/// applicant and the declared members), which is what a verification
+/// reports on; otherwise it is abandoned, its answers dropped unread, and
+/// the sources asked again about the members registration lists. The
+/// declared members are covered by the authorization letter
+/// ([`crate::consent::check_request`]) and are subjects of the audit
+/// record either way.
+struct FanOut<F> {
+    /// Whom the sources are asked about.
+    person_ids: Arc<Vec<String>>,
+    regular: FuturesUnordered<F>,
+    late: LateAnswers,
+    /// The tasks behind `late`, aborted when the fan-out is abandoned.
+    late_tasks: Vec<tokio::task::AbortHandle>,
+    /// Per source, its outcome once known.
+    outcomes: Vec<Option<SourceOutcome>>,
+    /// The sources whose outcome is known, in the order it became known.
+    landed: Vec<usize>,
+    /// The latest a late answer is waited for.
+    pending_until: Instant,
+}
+
+impl<F: std::future::Future<Output = (usize, SourceOutcome)>> FanOut<F> {
+    fn land(&mut self, i: usize, outcome: SourceOutcome) {
+        self.outcomes[i] = Some(outcome);
+        self.landed.push(i);
+    }
+
+    /// Awaits `work` while taking in the answers that land meanwhile.
+    async fn drive_until<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+        setup: &Setup,
+        disclosure: Option<&Disclosure>,
+    ) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                Some((i, outcome)) = self.regular.next(), if !self.regular.is_empty() => {
+                    self.land(i, outcome);
+                }
+                Some((i, joined)) = self.late.next(), if !self.late.is_empty() => {
+                    let source = &setup.sources[i];
+                    let outcome = restricted(disclosure, source, joined_outcome(source, joined));
+                    self.land(i, outcome);
+                }
+            }
+        }
+    }
+
+    /// Whether these answers are about exactly `active_ids`.
+    fn asks_about(&self, active_ids: &[String]) -> bool {
+        self.person_ids.len() == active_ids.len()
+            && active_ids.iter().all(|id| self.person_ids.contains(id))
+    }
+
+    /// Stops asking; what each source asked had come to, for the audit
+    /// record: its status when it answered, `abandoned` when it had not.
+    fn abandon(self, setup: &Setup) -> Vec<SourceEntry> {
+        for task in &self.late_tasks {
+            task.abort();
+        }
+        setup
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != setup.household)
+            .filter_map(|(i, source)| match &self.outcomes[i] {
+                Some(o) if o.result.status == SourceStatus::NotQueried as i32 => None,
+                Some(o) => Some(SourceEntry {
+                    id: source.spec.id.clone(),
+                    status: status_name(o.result.status),
+                    cache_hit: o.result.from_cache,
+                    facts: o.result.fact_count,
+                }),
+                None => Some(SourceEntry {
+                    id: source.spec.id.clone(),
+                    status: "abandoned".into(),
+                    cache_hit: false,
+                    facts: 0,
+                }),
+            })
+            .collect()
+    }
+}
+
+/// The persons a fan-out may start on before household registration
+/// answers: the applicant and the members the request declares, or `None`
+/// when it declares none.
+fn declared_persons(request: &VerificationRequest) -> Option<Vec<String>> {
+    if request.declared_member_ids.is_empty() {
+        return None;
+    }
+    let mut ids = vec![request.applicant_id.clone()];
+    ids.extend(
+        request
+            .declared_member_ids
+            .iter()
+            .filter(|id| **id != request.applicant_id)
+            .cloned(),
+    );
+    Some(ids)
 }
 
 /// Late answers still out: (source index, its task's result).
@@ -1554,6 +1771,9 @@ pub fn status_of(e: &AdapterError) -> SourceStatus {
         }
     }
 }
+
+#[cfg(test)]
+mod declared_tests;
 
 #[cfg(test)]
 mod tests {

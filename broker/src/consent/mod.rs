@@ -13,7 +13,9 @@
 //! (China date), and that covers its purpose, its applicant and every
 //! declared member ([`check_request`], before any source is asked), and
 //! every active member household registration finds ([`check_members`],
-//! before any other source is asked). A request it does not cover is
+//! before any other source is asked about them: when the request declares
+//! its members, the other sources are asked about those, whom the letter
+//! covers, while registration is asked). A request it does not cover is
 //! refused with `PERMISSION_DENIED` and recorded as a `denied` audit record
 //! (`crate::verify::Verifier::run`).
 //!
@@ -339,8 +341,7 @@ pub fn check_members(letter: &Consent, household: &Household) -> Result<(), Stri
         None => Ok(()),
         Some(i) => Err(format!(
             "consent_reference: letter {} does not cover household member {} of {} \
-             as household registration lists them (an active member); only household \
-             registration was asked",
+             as household registration lists them (an active member)",
             letter.reference,
             i + 1,
             household.members.len()

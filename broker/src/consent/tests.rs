@@ -581,6 +581,65 @@ async fn an_uncovered_registered_member_is_refused_after_household_registration_
 }
 
 #[tokio::test]
+async fn an_uncovered_registered_member_is_refused_after_the_declared_ones_were_asked_about() {
+    let b = built(true).await;
+    let t = family();
+    let a = platform("platform-a");
+    let other = t
+        .member_ids
+        .iter()
+        .find(|m| **m != t.applicant_id)
+        .unwrap()
+        .clone();
+    let covered = [t.applicant_id.clone(), other.clone()];
+    register(
+        &b,
+        &a,
+        letter("SQ-TWO", &covered, &[Purpose::DibaoApplication]),
+    )
+    .await
+    .unwrap();
+    // Registration answers after the others were asked about the two.
+    b.simulated
+        .set_latency(
+            hedui_adapters::catalog::HOUSEHOLD_SOURCE,
+            hedui_mock_agencies::sim::LatencyConfig::new(200, 200),
+        )
+        .unwrap();
+    b.simulated.reset_stats();
+    let mut r = request(&t, Purpose::DibaoApplication);
+    r.consent_reference = "SQ-TWO".into();
+    r.declared_member_ids = vec![other];
+    let e = verify(&b, &a, r).await.unwrap_err();
+    let VerifyError::PermissionDenied { message } = &e else {
+        panic!("{e}");
+    };
+    assert!(
+        message.contains("does not cover household member"),
+        "{message}"
+    );
+    assert!(
+        message.contains("the applicant and the declared members only"),
+        "{message}"
+    );
+    let others: Vec<_> = b
+        .simulated
+        .stats()
+        .into_iter()
+        .filter(|s| s.source_id != hedui_adapters::catalog::HOUSEHOLD_SOURCE)
+        .collect();
+    for s in &others {
+        assert_eq!(s.lookups, 1, "{}: asked about the covered two", s.source_id);
+    }
+    let denied = records(&b, "denied").await;
+    assert_eq!(denied.len(), 1);
+    let body = denied[0].body.as_deref().unwrap();
+    for s in &others {
+        assert!(body.contains(&s.source_id), "every source asked: {body}");
+    }
+}
+
+#[tokio::test]
 async fn watched_households_are_held_to_the_enrolling_platforms_letter() {
     let b = built(true).await;
     let t = family();
