@@ -26,7 +26,9 @@ pub(crate) struct Inner {
     /// The slowest single source.
     pub(crate) slowest: Duration,
     /// The sources' critical path: the household lookup, which comes
-    /// first, plus the slowest of the sources asked after it.
+    /// first, plus the slowest of the sources asked after it; when the
+    /// request declares the members, the slower of the two (the others
+    /// are asked while the household is).
     pub(crate) path: Duration,
 }
 
@@ -37,6 +39,7 @@ pub(crate) struct Percentiles {
     pub(crate) p95_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) max_ms: f64,
+    pub(crate) mean_ms: f64,
 }
 
 impl Percentiles {
@@ -55,6 +58,7 @@ impl Percentiles {
             p95_ms: at(0.95),
             p99_ms: at(0.99),
             max_ms: samples[samples.len() - 1] as f64 / 1000.0,
+            mean_ms: samples.iter().sum::<u64>() as f64 / samples.len() as f64 / 1000.0,
         }
     }
 }
@@ -238,6 +242,7 @@ mod tests {
         assert_eq!(p.p95_ms, 95.0);
         assert_eq!(p.p99_ms, 99.0);
         assert_eq!(p.max_ms, 100.0);
+        assert_eq!(p.mean_ms, 50.5);
         assert_eq!(Percentiles::of(&mut []).p99_ms, 0.0);
     }
 

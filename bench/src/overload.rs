@@ -284,7 +284,7 @@ const BANK_SLOTS: u32 = 4;
 /// One verification for `purpose`; `Ok` with whether the bank answered.
 async fn verify_for(
     channel: Channel,
-    applicant: String,
+    applicant: clients::Applicant,
     i: usize,
     purpose: Purpose,
 ) -> anyhow::Result<bool> {

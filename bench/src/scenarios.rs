@@ -17,7 +17,8 @@ use hedui_mock_agencies::{
     control::proto::{Faults, GetStatsRequest, ResetStatsRequest},
 };
 use hedui_proto::v1::{
-    StreamVerifyRequest, VerifyRequest, verification_service_client::VerificationServiceClient,
+    RegistrationStatus, StreamVerifyRequest, VerifyRequest,
+    verification_service_client::VerificationServiceClient,
 };
 use prost::Message as _;
 use tonic::transport::Channel;
@@ -50,6 +51,12 @@ pub(crate) struct RunArgs {
     /// The population's today, YYYY-MM-DD (default: today in China time).
     #[arg(long)]
     pub(crate) today: Option<String>,
+    /// Requests declare no members. By default each request declares the
+    /// household's active members, as a platform's application does, and
+    /// the broker asks the other sources while household registration is
+    /// asked.
+    #[arg(long)]
+    pub(crate) undeclared: bool,
     /// S4: households verified once to warm the cache, then repeated.
     #[arg(long, default_value_t = 100)]
     pub(crate) warm_households: usize,
@@ -121,7 +128,7 @@ pub(crate) struct Bench {
     pub(crate) bins: Binaries,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) pop: PopulationArgs,
-    pub(crate) applicants: Arc<Vec<String>>,
+    pub(crate) applicants: Arc<Vec<clients::Applicant>>,
     /// Number of the next request, so every request of the run has its own.
     pub(crate) next: usize,
     rows: Vec<Row>,
@@ -228,7 +235,7 @@ impl Bench {
     pub(crate) fn verifier(
         &self,
         channels: Vec<Channel>,
-        applicants: Arc<Vec<String>>,
+        applicants: Arc<Vec<clients::Applicant>>,
     ) -> impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>
     + Clone
     + Send
@@ -341,9 +348,20 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
         today,
     };
     let population = tokio::task::spawn_blocking(move || Population::generate(&config)).await?;
-    let applicants: Vec<String> = population
+    let declare = !args.undeclared;
+    let applicants: Vec<clients::Applicant> = population
         .households()
-        .map(|h| h.applicant().id().to_owned())
+        .map(|h| clients::Applicant {
+            id: h.applicant().id().to_owned(),
+            declared: if declare {
+                h.members()
+                    .filter(|p| p.status() == RegistrationStatus::Active)
+                    .map(|p| p.id().to_owned())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        })
         .collect();
     drop(population);
     if applicants.is_empty() {
@@ -359,6 +377,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
         seed: args.seed,
         households: args.households,
         today: today.format("%Y-%m-%d").to_string(),
+        declared_members: declare,
     };
     let shown = |p: Option<PathBuf>| p.map_or_else(|| "-".into(), |p| p.display().to_string());
     println!(
@@ -504,7 +523,7 @@ async fn baseline_b(bench: &mut Bench, agencies: &Agencies) -> anyhow::Result<()
     let applicants = Arc::clone(&bench.applicants);
     let call = move |i: usize| {
         let (direct, applicants) = (Arc::clone(&direct), Arc::clone(&applicants));
-        async move { clients::direct_fan_out(direct, &applicants[i % applicants.len()], i).await }
+        async move { clients::direct_fan_out(direct, &applicants[i % applicants.len()].id, i).await }
     };
     bench
         .closed(
@@ -643,7 +662,7 @@ async fn s4(bench: &mut Bench, agencies: &Agencies) -> anyhow::Result<()> {
     let broker = procs::start_broker(&bench.bins, bench.dir.path(), "s4", &config).await?;
     let channels = clients::channels(&broker.listening_url()?, bench.args.connections).await?;
     let n = bench.args.warm_households.clamp(1, bench.applicants.len());
-    let warm: Arc<Vec<String>> = Arc::new(bench.applicants[..n].to_vec());
+    let warm: Arc<Vec<clients::Applicant>> = Arc::new(bench.applicants[..n].to_vec());
     // Each household once, to fill the cache.
     for (i, applicant) in warm.iter().enumerate() {
         clients::verify_once(
