@@ -35,11 +35,9 @@ impl SqliteAudit {
                 .filename(path)
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(if std::env::var("HEDUI_SYNC_NORMAL").is_ok() {
-                    SqliteSynchronous::Normal
-                } else {
-                    SqliteSynchronous::Full
-                })
+                // Each commit is on disk before its caller goes on: a
+                // record the broker answered after survives a power cut.
+                .synchronous(SqliteSynchronous::Full)
                 // Index pages stay in memory (bounded: `cache_mib` per
                 // connection); the WAL is copied back into the database by
                 // a task of its own (below), not by the committing writer
