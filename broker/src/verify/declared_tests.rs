@@ -215,3 +215,52 @@ async fn the_other_sources_are_asked_while_registration_is() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_streaming_caller_gets_the_household_before_any_early_answer() {
+    use hedui_proto::v1::stream_verify_response::Event;
+    let b = built().await;
+    let t = family();
+    // The others answer while registration is still out.
+    b.simulated
+        .set_latency(HOUSEHOLD_SOURCE, LatencyConfig::new(200, 200))
+        .unwrap();
+    let sources = b.verifier.sources().len();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(sources + 3);
+    let valid = b
+        .verifier
+        .validate(Some(request(&t, &t.member_ids)), None)
+        .unwrap();
+    let report = b
+        .verifier
+        .run(valid, &Caller::new("platform-a"), Some(tx))
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e.event.unwrap());
+    }
+    assert_eq!(events.len(), sources + 2, "{events:?}");
+    let Event::HouseholdResolved(resolved) = &events[0] else {
+        panic!("first: {:?}", events[0]);
+    };
+    assert_eq!(resolved.members.len(), t.member_ids.len());
+    let Event::SourceResult(first) = &events[1] else {
+        panic!("second: {:?}", events[1]);
+    };
+    assert_eq!(first.source_id, HOUSEHOLD_SOURCE);
+    let mut seen: Vec<&str> = events[1..=sources]
+        .iter()
+        .map(|e| match e {
+            Event::SourceResult(r) => r.source_id.as_str(),
+            other => panic!("a source result: {other:?}"),
+        })
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), sources, "each source once");
+    let Event::Report(last) = &events[sources + 1] else {
+        panic!("last: {:?}", events[sources + 1]);
+    };
+    assert_eq!(last.report_id, report.report_id);
+}
