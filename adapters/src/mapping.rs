@@ -940,14 +940,13 @@ fn values_hold(desc: &MessageDescriptor, mut buf: &[u8], depth: usize) -> bool {
                     return false;
                 }
             }
-            1 => {
-                let Some((b, rest)) = buf.split_first_chunk::<8>() else {
+            1 | 5 => {
+                let width = if key & 7 == 1 { 8 } else { 4 };
+                let Some(b) = take(&mut buf, width) else {
                     return false;
                 };
-                buf = rest;
-                if let (Some(f), Some(Kind::Sfixed64)) = (&field, &kind)
-                    && non_negative(f)
-                    && i64::from_le_bytes(*b) < 0
+                if let (Some(f), Some(k)) = (&field, &kind)
+                    && !fixed_holds(f, k, b)
                 {
                     return false;
                 }
@@ -972,57 +971,26 @@ fn values_hold(desc: &MessageDescriptor, mut buf: &[u8], depth: usize) -> bool {
                     (Some(f), Some(k))
                         if f.is_list() && !matches!(k, Kind::String | Kind::Bytes) =>
                     {
+                        let width = match k {
+                            Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => Some(4),
+                            Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => Some(8),
+                            _ => None,
+                        };
                         let mut packed = bytes;
                         while !packed.is_empty() {
-                            match k {
-                                Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => {
-                                    let Some((b, rest)) = packed.split_first_chunk::<4>() else {
-                                        return false;
-                                    };
-                                    packed = rest;
-                                    if matches!(k, Kind::Sfixed32)
-                                        && non_negative(f)
-                                        && i32::from_le_bytes(*b) < 0
-                                    {
-                                        return false;
-                                    }
-                                }
-                                Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => {
-                                    let Some((b, rest)) = packed.split_first_chunk::<8>() else {
-                                        return false;
-                                    };
-                                    packed = rest;
-                                    if matches!(k, Kind::Sfixed64)
-                                        && non_negative(f)
-                                        && i64::from_le_bytes(*b) < 0
-                                    {
-                                        return false;
-                                    }
-                                }
-                                _ => {
-                                    let Ok(v) = decode_varint(&mut packed) else {
-                                        return false;
-                                    };
-                                    if !scalar_holds(f, k, v) {
-                                        return false;
-                                    }
-                                }
+                            let holds =
+                                match width {
+                                    Some(width) => take(&mut packed, width)
+                                        .is_some_and(|b| fixed_holds(f, k, b)),
+                                    None => decode_varint(&mut packed)
+                                        .is_ok_and(|v| scalar_holds(f, k, v)),
+                                };
+                            if !holds {
+                                return false;
                             }
                         }
                     }
                     _ => {}
-                }
-            }
-            5 => {
-                let Some((b, rest)) = buf.split_first_chunk::<4>() else {
-                    return false;
-                };
-                buf = rest;
-                if let (Some(f), Some(Kind::Sfixed32)) = (&field, &kind)
-                    && non_negative(f)
-                    && i32::from_le_bytes(*b) < 0
-                {
-                    return false;
                 }
             }
             // Groups are not in the contract.
@@ -1036,6 +1004,24 @@ fn values_hold(desc: &MessageDescriptor, mut buf: &[u8], depth: usize) -> bool {
                 .is_ok_and(|mo| NaiveDate::from_ymd_opt(year as i32, mo, day as u32).is_some());
     }
     true
+}
+
+/// The next `n` bytes of `buf`, taken off it.
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, rest) = buf.split_at_checked(n)?;
+    *buf = rest;
+    Some(head)
+}
+
+/// Whether the fixed-width value `b` (4 or 8 little-endian bytes) of
+/// `field` holds: not negative where it must not be.
+fn fixed_holds(field: &FieldDescriptor, kind: &Kind, b: &[u8]) -> bool {
+    let negative = match kind {
+        Kind::Sfixed32 => b.try_into().is_ok_and(|b| i32::from_le_bytes(b) < 0),
+        Kind::Sfixed64 => b.try_into().is_ok_and(|b| i64::from_le_bytes(b) < 0),
+        _ => false,
+    };
+    !(negative && non_negative(field))
 }
 
 /// Whether money and areas are named so: never negative.
@@ -1085,7 +1071,7 @@ fn check_message(m: &DynamicMessage, path: &str, depth: usize) -> Result<(), Str
 
 fn check_value(field: &FieldDescriptor, v: &Dyn, at: &str, depth: usize) -> Result<(), String> {
     let name = field.name();
-    let non_negative = name.ends_with("_fen") || name.ends_with("_centi_m2");
+    let non_negative = non_negative(field);
     match v {
         Dyn::List(items) => {
             for (i, x) in items.iter().enumerate() {

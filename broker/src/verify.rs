@@ -849,11 +849,8 @@ impl Verifier {
                     outcomes[i] = Some(outcome);
                 }
                 Some((i, joined)) = late.next() => {
-                    let outcome = restricted(
-                        disclosure.as_deref(),
-                        &setup.sources[i],
-                        joined_outcome(&setup.sources[i], joined),
-                    );
+                    let outcome =
+                        joined_outcome(disclosure.as_deref(), &setup.sources[i], joined);
                     send(&|| Event::SourceResult(outcome.result.clone()));
                     outcomes[i] = Some(outcome);
                 }
@@ -985,11 +982,7 @@ impl Verifier {
         while let Some((i, joined)) = late.next().await {
             late_ids.push(i);
             let source = &setup.sources[i];
-            outcomes[i] = Some(restricted(
-                disclosure.as_deref(),
-                source,
-                joined_outcome(source, joined),
-            ));
+            outcomes[i] = Some(joined_outcome(disclosure.as_deref(), source, joined));
         }
         let outcomes: Vec<SourceOutcome> = outcomes.into_iter().flatten().collect();
         let policy = setup.policies.select(&household.region_code, today);
@@ -1214,7 +1207,7 @@ impl<F: std::future::Future<Output = (usize, SourceOutcome)>> FanOut<F> {
                 }
                 Some((i, joined)) = self.late.next(), if !self.late.is_empty() => {
                     let source = &setup.sources[i];
-                    let outcome = restricted(disclosure, source, joined_outcome(source, joined));
+                    let outcome = joined_outcome(disclosure, source, joined);
                     self.land(i, outcome);
                 }
             }
@@ -1472,19 +1465,22 @@ fn record_disclosure<'a>(
         .collect();
 }
 
-/// The outcome of a source asked in its own task.
+/// The outcome of a source asked in its own task, as the purpose may see
+/// it.
 fn joined_outcome(
+    disclosure: Option<&Disclosure>,
     source: &SourceHandle,
     joined: Result<SourceOutcome, tokio::task::JoinError>,
 ) -> SourceOutcome {
-    joined.unwrap_or_else(|e| {
+    let outcome = joined.unwrap_or_else(|e| {
         tracing::error!(source = %source.spec.id, error = %e, "source task failed");
         unanswered(
             source,
             SourceStatus::Error,
             "internal error while asking this source".into(),
         )
-    })
+    });
+    restricted(disclosure, source, outcome)
 }
 
 /// A source still out when the report is returned.

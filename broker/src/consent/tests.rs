@@ -524,6 +524,20 @@ async fn uncovered_requests_are_refused_before_any_source_is_asked() {
     assert_eq!(lookups(&b), before);
 }
 
+/// The message of a refusal for an uncovered registered member, which says
+/// what was asked (`asked`).
+fn member_refusal<'a>(e: &'a VerifyError, asked: &str) -> &'a str {
+    let VerifyError::PermissionDenied { message } = e else {
+        panic!("{e}");
+    };
+    assert!(
+        message.contains("does not cover household member"),
+        "{message}"
+    );
+    assert!(message.contains(asked), "{message}");
+    message
+}
+
 #[tokio::test]
 async fn an_uncovered_registered_member_is_refused_after_household_registration_alone() {
     let b = built(true).await;
@@ -544,17 +558,7 @@ async fn an_uncovered_registered_member_is_refused_after_household_registration_
     let mut r = request(&t, Purpose::DibaoApplication);
     r.consent_reference = "SQ-APPLICANT".into();
     let e = verify(&b, &a, r).await.unwrap_err();
-    let VerifyError::PermissionDenied { message } = &e else {
-        panic!("{e}");
-    };
-    assert!(
-        message.contains("does not cover household member"),
-        "{message}"
-    );
-    assert!(
-        message.contains("only household registration was asked"),
-        "{message}"
-    );
+    let message = member_refusal(&e, "only household registration was asked");
     for m in &t.member_ids {
         assert!(!message.contains(m.as_str()), "{message}");
     }
@@ -611,17 +615,7 @@ async fn an_uncovered_registered_member_is_refused_after_the_declared_ones_were_
     r.consent_reference = "SQ-TWO".into();
     r.declared_member_ids = vec![other];
     let e = verify(&b, &a, r).await.unwrap_err();
-    let VerifyError::PermissionDenied { message } = &e else {
-        panic!("{e}");
-    };
-    assert!(
-        message.contains("does not cover household member"),
-        "{message}"
-    );
-    assert!(
-        message.contains("the applicant and the declared members only"),
-        "{message}"
-    );
+    member_refusal(&e, "the applicant and the declared members only");
     let others: Vec<_> = b
         .simulated
         .stats()
