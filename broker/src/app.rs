@@ -202,7 +202,7 @@ impl Reloader {
             Some(dir) => PolicySet::load_dir(dir).map_err(|e| format!("policy.dir: {e}"))?,
             None => PolicySet::embedded(),
         };
-        let specs: Vec<_> = handles.iter().map(|h| h.spec.clone()).collect();
+        let specs: Vec<_> = handles.iter().map(|h| (*h.spec).clone()).collect();
         let disclosures = new
             .disclosures(&specs)
             .map_err(|e| format!("configuration: {e}"))?;
@@ -311,7 +311,7 @@ pub async fn build_as(config: &Config, broker_id: &str) -> anyhow::Result<Built>
     audit
         .record(crate::audit::configuration_entry(config))
         .await?;
-    let specs: Vec<_> = handles.iter().map(|h| h.spec.clone()).collect();
+    let specs: Vec<_> = handles.iter().map(|h| (*h.spec).clone()).collect();
     let disclosures = config
         .disclosures(&specs)
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -548,7 +548,7 @@ pub async fn serve_federation(
                 inner: s.guard.clone(),
                 verifier: verifier.clone(),
             });
-            (s.spec.clone(), bound)
+            ((*s.spec).clone(), bound)
         }),
     )
     .with_log(log);
@@ -572,7 +572,7 @@ pub async fn serve_federation(
 /// to take an account reported twice once) under its own policy.
 #[derive(Debug)]
 struct PurposeBound {
-    spec: hedui_adapters::catalog::SourceSpec,
+    spec: Arc<hedui_adapters::catalog::SourceSpec>,
     inner: Arc<dyn hedui_adapters::Adapter>,
     verifier: Arc<Verifier>,
 }

@@ -242,8 +242,8 @@ fn invalid(field: &'static str, message: impl Into<String>) -> VerifyError {
 /// A source the broker asks, behind its cache and protections.
 #[derive(Debug, Clone)]
 pub struct SourceHandle {
-    /// What the source is.
-    pub spec: hedui_adapters::catalog::SourceSpec,
+    /// What the source is (shared with every outcome of the source).
+    pub spec: Arc<hedui_adapters::catalog::SourceSpec>,
     /// How it is asked: its adapter behind cache, breaker, rate limit,
     /// bulkhead and retries.
     pub guard: Arc<SourceGuard>,
@@ -259,7 +259,7 @@ impl SourceHandle {
     ) -> Self {
         Self {
             guard: Arc::new(SourceGuard::new(spec.clone(), adapter, settings, cache)),
-            spec,
+            spec: Arc::new(spec),
         }
     }
 
@@ -1102,6 +1102,7 @@ impl Plan<'_> {
             landed: Vec::new(),
             pending_until: self.deadline,
         };
+        let report_id: Arc<str> = Arc::from(self.report_id);
         for (i, source) in setup.sources.iter().enumerate() {
             if i == setup.household {
                 continue;
@@ -1125,7 +1126,7 @@ impl Plan<'_> {
             };
             let (source, report_id, person_ids, request, disclosure) = (
                 source.clone(),
-                self.report_id.to_owned(),
+                Arc::clone(&report_id),
                 fan.person_ids.clone(),
                 self.request.clone(),
                 self.disclosure.clone(),

@@ -109,7 +109,7 @@ fn outcome(spec: &SourceSpec, answers: Vec<PersonAnswer>) -> SourceOutcome {
         SourceStatus::NoRecord
     };
     SourceOutcome {
-        spec: spec.clone(),
+        spec: std::sync::Arc::new(spec.clone()),
         result: SourceResult {
             source_id: spec.id.clone(),
             source_name: spec.name.clone(),

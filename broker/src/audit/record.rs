@@ -9,6 +9,8 @@
 //! of their numbers ([`super::crypto::SubjectKey`]), and free text that
 //! came from a caller is passed through [`redact_ids`] first.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use super::crypto::SubjectKey;
@@ -224,14 +226,14 @@ impl Entry {
             &mut self.outcome,
             &mut self.detail,
         ] {
-            *f = redact_ids(f, key);
+            redact_in_place(f, key);
         }
         for s in &mut self.sources {
-            s.id = redact_ids(&s.id, key);
-            s.status = redact_ids(&s.status, key);
+            redact_in_place(&mut s.id, key);
+            redact_in_place(&mut s.status, key);
         }
         for d in &mut self.disclosed {
-            d.id = redact_ids(&d.id, key);
+            redact_in_place(&mut d.id, key);
         }
         self
     }
@@ -305,14 +307,29 @@ pub fn now_ms() -> i64 {
 /// if any) in `text` with `id:` and 16 hex digits of its keyed hash, so
 /// free text can be stored: 18-digit resident identity numbers, the older
 /// 15-digit ones, and anything that holds one inside a longer number.
-pub fn redact_ids(text: &str, key: &SubjectKey) -> String {
+pub fn redact_ids<'a>(text: &'a str, key: &SubjectKey) -> Cow<'a, str> {
     let b = text.as_bytes();
-    if b.len() < 15 {
-        return text.to_owned();
-    }
+    // Most fields hold no identity number: those are not copied.
+    let Some(first) = next_id(b, 0) else {
+        return Cow::Borrowed(text);
+    };
     let mut out = String::with_capacity(text.len());
-    let mut i = 0;
     let mut copied = 0;
+    let mut found = Some(first);
+    while let Some((start, end)) = found {
+        out.push_str(&text[copied..start]);
+        out.push_str("id:");
+        out.push_str(&key.subject(&text[start..end].to_ascii_uppercase())[..16]);
+        copied = end;
+        found = next_id(b, end);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// The first run of 15 or more digits (with a trailing `X` or `x`) in
+/// `b` from `i` on: where it starts and ends.
+fn next_id(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
     while i < b.len() {
         if !b[i].is_ascii_digit() {
             i += 1;
@@ -326,14 +343,17 @@ pub fn redact_ids(text: &str, key: &SubjectKey) -> String {
             i += 1;
         }
         if i - start >= 15 {
-            out.push_str(&text[copied..start]);
-            out.push_str("id:");
-            out.push_str(&key.subject(&text[start..i].to_ascii_uppercase())[..16]);
-            copied = i;
+            return Some((start, i));
         }
     }
-    out.push_str(&text[copied..]);
-    out
+    None
+}
+
+/// [`redact_ids`] on `text` itself.
+fn redact_in_place(text: &mut String, key: &SubjectKey) {
+    if let Cow::Owned(redacted) = redact_ids(text, key) {
+        *text = redacted;
+    }
 }
 
 #[cfg(test)]
@@ -451,6 +471,13 @@ mod tests {
             "case 12345678901234"
         );
         assert_eq!(redact_ids("SQ-2026-000123", &key), "SQ-2026-000123");
+        // Text without one is not copied; fourteen digits and an X are one.
+        assert!(matches!(
+            redact_ids("SQ-2026-000123", &key),
+            Cow::Borrowed(_)
+        ));
+        let r = redact_ids("n 12345678901234x.", &key);
+        assert!(r.starts_with("n id:") && r.ends_with('.'), "{r}");
         let mut e = Entry::new(Kind::Denied);
         e.consent_reference = id.to_lowercase();
         assert!(

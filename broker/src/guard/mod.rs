@@ -54,25 +54,57 @@ use self::{
 
 /// What identifies an answer: the source, the persons and the fact kinds
 /// asked for (sorted, so the order of asking does not matter).
+///
+/// One buffer, each part prefixed by its length plus one (a zero ends the
+/// persons): a lookup builds its key with one allocation, and moka hashes
+/// and compares one slice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    source_id: String,
-    persons: Vec<String>,
-    kinds: Vec<i32>,
-}
+pub struct CacheKey(Box<[u8]>);
 
 impl CacheKey {
     /// The key of a lookup.
     pub fn of(request: &LookupRequest) -> Self {
-        let mut persons = request.person_ids.clone();
-        persons.sort();
+        let mut persons: Vec<&str> = request.person_ids.iter().map(String::as_str).collect();
+        persons.sort_unstable();
         let mut kinds = request.fact_kinds.clone();
         kinds.sort_unstable();
-        Self {
-            source_id: request.source_id.clone(),
-            persons,
-            kinds,
+        let len = 8
+            + request.source_id.len()
+            + persons.iter().map(|p| 4 + p.len()).sum::<usize>()
+            + 4 * kinds.len();
+        let mut key = Vec::with_capacity(len);
+        let mut part = |bytes: &[u8]| {
+            // Ids are far shorter than 4 GiB: the request size limit.
+            let n = u32::try_from(bytes.len() + 1).unwrap_or(u32::MAX);
+            key.extend_from_slice(&n.to_le_bytes());
+            key.extend_from_slice(bytes);
+        };
+        part(request.source_id.as_bytes());
+        for p in persons {
+            part(p.as_bytes());
         }
+        key.extend_from_slice(&0u32.to_le_bytes());
+        for k in kinds {
+            key.extend_from_slice(&k.to_le_bytes());
+        }
+        Self(key.into_boxed_slice())
+    }
+
+    /// The parts before the kinds: the source id, then the persons.
+    fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = &self.0[..];
+        std::iter::from_fn(move || {
+            let (n, tail) = rest.split_first_chunk::<4>()?;
+            let n = (u32::from_le_bytes(*n) as usize).checked_sub(1)?;
+            let (part, tail) = tail.split_at(n.min(tail.len()));
+            rest = tail;
+            Some(part)
+        })
+    }
+
+    /// Whether the lookup was about `person_id`.
+    fn is_about(&self, person_id: &str) -> bool {
+        self.parts().skip(1).any(|p| p == person_id.as_bytes())
     }
 }
 
@@ -126,7 +158,7 @@ impl AnswerCache {
             cache: Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|k: &CacheKey, v: &Arc<Cached>| {
-                    let key = k.source_id.len() + k.persons.iter().map(String::len).sum::<usize>();
+                    let key = k.0.len();
                     let answers = prost::encoding::message::encoded_len_repeated(1, &v.answers);
                     u32::try_from(key + answers + 64).unwrap_or(u32::MAX)
                 })
@@ -142,7 +174,7 @@ impl AnswerCache {
         // Only fails when closures are not supported, which `new` turns on.
         let _ = self
             .cache
-            .invalidate_entries_if(move |k, _| k.persons.contains(&person));
+            .invalidate_entries_if(move |k, _| k.is_about(&person));
     }
 
     /// Answers held (approximately, as moka counts).

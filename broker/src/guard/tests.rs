@@ -404,3 +404,29 @@ fn a_lookup_future_does_not_carry_the_cache_inline() {
     let size = std::mem::size_of_val(&lookup);
     assert!(size <= 2048, "a lookup future is {size} bytes");
 }
+
+#[test]
+fn cache_keys_ignore_order_and_keep_parts_apart() {
+    let key = |source: &str, persons: &[&str], kinds: &[i32]| {
+        CacheKey::of(&LookupRequest {
+            source_id: source.into(),
+            person_ids: persons.iter().map(|p| (*p).to_owned()).collect(),
+            fact_kinds: kinds.to_vec(),
+            ..request(&[])
+        })
+    };
+    assert_eq!(key("s", &[A, B], &[3, 1]), key("s", &[B, A], &[1, 3]));
+    // Each part is where its length says: no two splits of the same
+    // characters meet.
+    assert_ne!(key("s", &["ab", "c"], &[1]), key("s", &["a", "bc"], &[1]));
+    assert_ne!(key("sa", &["b"], &[1]), key("s", &["ab"], &[1]));
+    assert_ne!(key("s", &[A], &[1]), key("s", &[A, ""], &[1]));
+    assert_ne!(key("s", &[A], &[1]), key("s", &[A], &[1, 2]));
+    assert_ne!(key("s", &[A], &[1]), key("t", &[A], &[1]));
+    // The persons are found again, the source id and the kinds are not
+    // persons.
+    let k = key("s", &[B, "", A], &[1]);
+    assert!(k.is_about(A) && k.is_about(B) && k.is_about(""));
+    assert!(!k.is_about("s") && !k.is_about("1101051949"));
+    assert!(!key("s", &[A], &[1]).is_about(""));
+}

@@ -20,6 +20,8 @@
 //!   member, source and account type, without account or record
 //!   identifiers (`SourceResult.aggregated_fact_kinds`).
 
+use std::sync::Arc;
+
 use hedui_adapters::catalog::SourceSpec;
 use hedui_proto::v1::{Fact, FactKind, SourceStatus, fact};
 
@@ -118,11 +120,15 @@ impl Disclosure {
     }
 
     /// `spec` serving only the kinds the purpose may see: what the source
-    /// is asked for, and what the fold may read from it.
-    pub fn narrowed(&self, spec: &SourceSpec) -> SourceSpec {
-        let mut narrowed = spec.clone();
+    /// is asked for, and what the fold may read from it. The same `spec`
+    /// when the purpose may see all of its kinds.
+    pub fn narrowed(&self, spec: &Arc<SourceSpec>) -> Arc<SourceSpec> {
+        if spec.fact_kinds.iter().all(|k| self.allows_kind(*k)) {
+            return Arc::clone(spec);
+        }
+        let mut narrowed = SourceSpec::clone(spec);
         narrowed.fact_kinds.retain(|k| self.allows_kind(*k));
-        narrowed
+        Arc::new(narrowed)
     }
 
     /// Why the source `spec` is not asked for this purpose, naming the
@@ -150,7 +156,11 @@ impl Disclosure {
     /// aggregated kinds listed on its result, and its fact count and
     /// status recounted from what is left (an aggregated kind counts one
     /// fact per total). Applying it twice changes nothing more.
-    pub fn restrict(&self, original: &SourceSpec, mut outcome: SourceOutcome) -> SourceOutcome {
+    pub fn restrict(
+        &self,
+        original: &Arc<SourceSpec>,
+        mut outcome: SourceOutcome,
+    ) -> SourceOutcome {
         outcome.spec = self.narrowed(original);
         let allowed = &outcome.spec.fact_kinds;
         let shown = |f: &hedui_proto::v1::Fact| {
@@ -294,10 +304,12 @@ mod tests {
 
     #[test]
     fn restrict_drops_withheld_kinds_and_counts_totals_once() {
-        let bank = Catalog::dachuan()
-            .get("rural-commercial-bank")
-            .unwrap()
-            .clone();
+        let bank = Arc::new(
+            Catalog::dachuan()
+                .get("rural-commercial-bank")
+                .unwrap()
+                .clone(),
+        );
         let mut answers = vec![
             account("A", AccountType::Deposit, 100),
             account("A", AccountType::Deposit, 200),

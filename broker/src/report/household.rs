@@ -17,8 +17,8 @@ use hedui_proto::v1::{
 /// What one source answered for one verification, with its catalog entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceOutcome {
-    /// The source.
-    pub spec: SourceSpec,
+    /// The source (shared: every outcome of the source holds the same).
+    pub spec: Arc<SourceSpec>,
     /// Its result as the report lists it.
     pub result: SourceResult,
     /// Its answers, one per person asked about; present only when
@@ -373,7 +373,7 @@ mod tests {
 
         // A source that does not serve household registration.
         let mut o = household_ok(APPLICANT, reg);
-        o.spec.fact_kinds = vec![FactKind::Vehicle];
+        Arc::make_mut(&mut o.spec).fact_kinds = vec![FactKind::Vehicle];
         assert_eq!(
             resolve_household(APPLICANT, &o).resolution,
             Resolution::Failed

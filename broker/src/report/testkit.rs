@@ -95,7 +95,7 @@ pub(crate) fn household_ok(applicant: &str, reg: HouseholdRegistration) -> Sourc
             facts: vec![fact("hr-1", fact::Value::HouseholdRegistration(reg))],
         }]
         .into(),
-        spec,
+        spec: spec.into(),
     }
 }
 
@@ -104,7 +104,7 @@ pub(crate) fn household_status(status: SourceStatus) -> SourceOutcome {
     SourceOutcome {
         result: result(&spec, status, 0),
         answers: std::sync::Arc::default(),
-        spec,
+        spec: spec.into(),
     }
 }
 
@@ -264,6 +264,6 @@ fn no_record(spec: SourceSpec, persons: &[String]) -> SourceOutcome {
             })
             .collect::<Vec<_>>()
             .into(),
-        spec,
+        spec: spec.into(),
     }
 }
