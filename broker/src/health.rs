@@ -201,25 +201,45 @@ pub const SERVICES: [&str; 6] = [
 /// while it is not, checking every few seconds; runs until the reporter's
 /// server is gone (never, in practice: spawn it).
 pub async fn track_audit(verifier: Arc<Verifier>, reporter: tonic_health::server::HealthReporter) {
-    let mut last = None;
+    track_audit_from(verifier, reporter, None).await;
+}
+
+/// [`track_audit`], knowing it reported `last` already.
+async fn track_audit_from(
+    verifier: Arc<Verifier>,
+    reporter: tonic_health::server::HealthReporter,
+    mut last: Option<tonic_health::ServingStatus>,
+) {
     loop {
-        let status = match verifier.audit().ready().await {
-            Ok(()) => tonic_health::ServingStatus::Serving,
-            Err(e) => {
-                if last != Some(tonic_health::ServingStatus::NotServing) {
-                    tracing::warn!(error = %e, "audit log not ready; health is NOT_SERVING");
-                }
-                tonic_health::ServingStatus::NotServing
-            }
-        };
-        if last != Some(status) {
-            for service in std::iter::once("").chain(SERVICES) {
-                reporter.set_service_status(service, status).await;
-            }
-            last = Some(status);
+        if last.is_some() {
+            tokio::time::sleep(AUDIT_POLL).await;
         }
-        tokio::time::sleep(AUDIT_POLL).await;
+        last = Some(report_audit(&verifier, &reporter, last).await);
     }
+}
+
+/// Checks the audit log once and reports the broker's health when it
+/// changed from `last`; gives what it found.
+async fn report_audit(
+    verifier: &Verifier,
+    reporter: &tonic_health::server::HealthReporter,
+    last: Option<tonic_health::ServingStatus>,
+) -> tonic_health::ServingStatus {
+    let status = match verifier.audit().ready().await {
+        Ok(()) => tonic_health::ServingStatus::Serving,
+        Err(e) => {
+            if last != Some(tonic_health::ServingStatus::NotServing) {
+                tracing::warn!(error = %e, "audit log not ready; health is NOT_SERVING");
+            }
+            tonic_health::ServingStatus::NotServing
+        }
+    };
+    if last != Some(status) {
+        for service in std::iter::once("").chain(SERVICES) {
+            reporter.set_service_status(service, status).await;
+        }
+    }
+    status
 }
 
 /// [`track_audit`] spawned; stopped when the handle is dropped.
@@ -232,12 +252,19 @@ impl Drop for AuditTracker {
     }
 }
 
-/// Spawns [`track_audit`]; it runs until the handle is dropped.
-pub fn spawn_track_audit(
+/// Reports the broker's health once, then spawns [`track_audit`]; it runs
+/// until the handle is dropped. Awaited before the server starts, so a
+/// health check never finds the services unregistered.
+pub async fn spawn_track_audit(
     verifier: Arc<Verifier>,
     reporter: tonic_health::server::HealthReporter,
 ) -> AuditTracker {
-    AuditTracker(tokio::spawn(track_audit(verifier, reporter)))
+    let first = report_audit(&verifier, &reporter, None).await;
+    AuditTracker(tokio::spawn(track_audit_from(
+        verifier,
+        reporter,
+        Some(first),
+    )))
 }
 
 // === hedui sources ===

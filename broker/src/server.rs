@@ -376,7 +376,7 @@ pub async fn serve(
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
     // Stops when `serve` returns, however it returns.
-    let _health_task = crate::health::spawn_track_audit(verifier.clone(), health_reporter);
+    let _health_task = crate::health::spawn_track_audit(verifier.clone(), health_reporter).await;
     let api = VerificationServiceServer::new(VerificationApi::new(verifier))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
