@@ -34,6 +34,9 @@ use crate::{
     registry::{AdapterFactory, BuildError, parse_params},
 };
 
+/// The method a source's answers come from.
+const LOOKUP_PATH: &str = "/hedui.v1.AdapterService/Lookup";
+
 /// Largest answer accepted from a source, in bytes.
 pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
@@ -83,7 +86,12 @@ fn default_max_answer_bytes() -> usize {
 pub struct GrpcAdapter {
     source_id: String,
     fact_kinds: Vec<FactKind>,
+    /// For `Check`.
     client: AdapterServiceClient<Channel>,
+    /// The same connection, for `Lookup` ([`crate::unary`]).
+    channel: Channel,
+    /// Largest answer accepted, in bytes.
+    max_answer_bytes: usize,
     /// `Bearer <token>`, sent with every call; marked sensitive, and its
     /// `Debug` does not print it.
     authorization: Option<Authorization>,
@@ -171,12 +179,15 @@ impl GrpcAdapter {
                 message: format!("max_answer_bytes: must be between 1 and {MAX_ANSWER_BYTES}"),
             });
         }
-        let client = AdapterServiceClient::new(endpoint.connect_lazy())
+        let channel = endpoint.connect_lazy();
+        let client = AdapterServiceClient::new(channel.clone())
             .max_decoding_message_size(params.max_answer_bytes);
         Ok(Self {
             source_id: source.id.clone(),
             fact_kinds: source.fact_kinds.clone(),
             client,
+            channel,
+            max_answer_bytes: params.max_answer_bytes,
             authorization,
             over,
         })
@@ -198,18 +209,24 @@ impl Adapter for GrpcAdapter {
         if remaining.is_zero() {
             return Err(AdapterError::Timeout);
         }
-        let mut req = tonic::Request::new(request.clone());
+        let mut req = tonic::Request::new(());
         // tonic does not carry a deadline across calls: the time left is
         // sent as `grpc-timeout` so the department stops working when the
         // broker stops waiting.
         req.set_timeout(remaining);
         ctx.trace(&mut req);
         Authorization::apply(self.authorization.as_ref(), &mut req);
-        let mut client = self.client.clone();
-        let response = match tokio::time::timeout_at(ctx.deadline, client.lookup(req)).await {
+        let call = crate::unary::call::<_, LookupResponse>(
+            self.channel.clone(),
+            LOOKUP_PATH,
+            req.into_parts().0,
+            &request,
+            self.max_answer_bytes,
+        );
+        let response = match tokio::time::timeout_at(ctx.deadline, call).await {
             Err(_) => return Err(AdapterError::Timeout),
             Ok(Err(status)) => return Err(classify(&status, self.over)),
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => r,
         };
         check_answer(&request, &response, &self.fact_kinds)?;
         Ok(response)

@@ -46,6 +46,7 @@ pub mod registry;
 pub mod server;
 #[cfg(feature = "sql")]
 pub mod sql;
+mod unary;
 
 use std::fmt;
 

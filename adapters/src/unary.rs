@@ -1,0 +1,103 @@
+//! One unary gRPC call with the request encoded up front.
+//!
+//! tonic's generated client sends a unary request as a streaming body
+//! (`EncodeBody` over a one-message stream, with its own encode buffer):
+//! that body cannot say it has ended until it is polled again, so hyper
+//! hands it to a task of its own that pipes it into the HTTP/2 stream. A
+//! broker keeps one such call per source open for every verification in
+//! flight, so the task, the buffer and the generic call future are paid 27
+//! times per verification (docs/benchmarks.md, S5). Here the request is
+//! encoded into one frame and sent as a body that ends with its data, so
+//! hyper writes it at once, and the call goes through the same tonic
+//! [`Channel`] (connection, TLS, reconnection, `grpc-timeout`) as before.
+//! The response is read by tonic's own decoder, [`Streaming`], the way
+//! tonic's unary client reads it: its statuses and errors are tonic's.
+
+use bytes::{BufMut, BytesMut};
+use http::header::{CONTENT_TYPE, TE};
+use tonic::{
+    Code, Status, client::GrpcService, codec::Streaming, metadata::MetadataMap, transport::Channel,
+};
+
+/// `path`, e.g. `/hedui.v1.AdapterService/Lookup`, called on `channel`
+/// with `message` and the `metadata` (the `grpc-timeout`, credentials
+/// and trace context); an answer larger than `max_answer_bytes` is refused
+/// as tonic refuses it.
+///
+/// # Errors
+/// The call's status as tonic's unary client gives it: transport failures
+/// keep their source (`tonic::transport::Error`, `TimeoutExpired`), a
+/// status from the server keeps its metadata.
+pub(crate) async fn call<Req, Res>(
+    mut channel: Channel,
+    path: &'static str,
+    metadata: MetadataMap,
+    message: &Req,
+    max_answer_bytes: usize,
+) -> Result<Res, Status>
+where
+    Req: prost::Message,
+    Res: prost::Message + Default + Send + 'static,
+{
+    let len = message.encoded_len();
+    let frame_len = u32::try_from(len)
+        .map_err(|_| Status::out_of_range(format!("request of {len} bytes is too large")))?;
+    // The gRPC frame: not compressed, the length (big-endian), the message.
+    let mut frame = BytesMut::with_capacity(5 + len);
+    frame.put_u8(0);
+    frame.put_u32(frame_len);
+    message
+        .encode(&mut frame)
+        .map_err(|e| Status::internal(format!("request does not encode: {e}")))?;
+    let mut request = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
+        frame.freeze(),
+    )));
+    *request.method_mut() = http::Method::POST;
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.uri_mut() = http::Uri::from_static(path);
+    let headers = request.headers_mut();
+    *headers = metadata.into_headers();
+    headers.insert(TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+
+    std::future::poll_fn(|cx| GrpcService::poll_ready(&mut channel, cx))
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    let response = GrpcService::call(&mut channel, request)
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+
+    let status_code = response.status();
+    let (parts, body) = response.into_parts();
+    // A response of headers only carries its status there.
+    if let Some(status) = Status::from_header_map(&parts.headers) {
+        if status.code() != Code::Ok {
+            return Err(status);
+        }
+        return Err(Status::internal("Missing response message."));
+    }
+    let decoder = tonic_prost::ProstDecoder::<Res>::default();
+    let mut body =
+        Streaming::new_response(decoder, body, status_code, None, Some(max_answer_bytes));
+    let with_headers = |mut status: Status| {
+        // As tonic does: the response's headers join the status's metadata.
+        let mut merged = status.metadata().clone().into_headers();
+        for (name, value) in &parts.headers {
+            if !merged.contains_key(name) {
+                merged.insert(name.clone(), value.clone());
+            }
+        }
+        *status.metadata_mut() = MetadataMap::from_headers(merged);
+        status
+    };
+    let answer = body
+        .message()
+        .await
+        .map_err(with_headers)?
+        .ok_or_else(|| Status::internal("Missing response message."))?;
+    body.trailers().await.map_err(with_headers)?;
+    Ok(answer)
+}
