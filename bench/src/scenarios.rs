@@ -403,7 +403,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let on = |s: &str| selected.contains(s);
 
     if on("a") {
-        baseline_a(&mut bench).await?;
+        baseline_a(&mut bench, "A", "baseline A").await?;
     }
     let needs_agencies_now = ["b", "s2", "s3", "s4", "s5", "isolation", "soak"]
         .iter()
@@ -418,7 +418,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     let mut h2load = None;
     if on("s1") || on("h2load") {
-        h2load = s1(&mut bench, on("s1"), on("h2load")).await?;
+        h2load = s1(&mut bench, on("s1"), on("h2load"), on("a")).await?;
     }
     let (mut s3, mut s5) = (None, None);
     let (mut o1, mut o2, mut soak) = (None, None, None);
@@ -430,7 +430,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
             o2 = Some(crate::overload::isolation(&mut bench, &agencies).await?);
         }
         if on("s2") || on("s3") {
-            s3 = s2_s3(&mut bench, &agencies, on("s2"), on("s3")).await?;
+            s3 = s2_s3(&mut bench, &agencies, on("s2"), on("s3"), on("b")).await?;
         }
         if on("s4") {
             s4(&mut bench, &agencies).await?;
@@ -475,7 +475,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
             0.05,
         ));
     }
-    let order = ["A", "B", "S1", "S2", "S3", "S4", "B4"];
+    let order = ["A", "B", "S1", "A1", "S2", "B2", "S3", "S4", "B4"];
     bench
         .rows
         .sort_by_key(|r| order.iter().position(|o| *o == r.id).unwrap_or(order.len()));
@@ -500,7 +500,8 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn baseline_a(bench: &mut Bench) -> anyhow::Result<()> {
+/// Baseline A as row `id`, its title starting with `label`.
+async fn baseline_a(bench: &mut Bench, id: &str, label: &str) -> anyhow::Result<()> {
     let echo = procs::start_echo(&bench.bins, bench.dir.path()).await?;
     let channels =
         Arc::new(clients::channels(&echo.listening_url()?, bench.args.connections).await?);
@@ -510,8 +511,8 @@ async fn baseline_a(bench: &mut Bench) -> anyhow::Result<()> {
     };
     bench
         .closed(
-            "A",
-            "baseline A: echo RPC (AdapterService/Check)",
+            id,
+            &format!("{label}: echo RPC (AdapterService/Check)"),
             "requests",
             Some(&echo),
             None,
@@ -556,7 +557,14 @@ async fn baseline_b(
 }
 
 /// S1, and h2load on the same broker.
-async fn s1(bench: &mut Bench, run_s1: bool, run_h2load: bool) -> anyhow::Result<Option<H2load>> {
+/// S1, then (with `then_a`) baseline A again beside it, and h2load on the
+/// same broker.
+async fn s1(
+    bench: &mut Bench,
+    run_s1: bool,
+    run_h2load: bool,
+    then_a: bool,
+) -> anyhow::Result<Option<H2load>> {
     let config = bench.broker_config(&format!(
         "[verification]\ndefault_deadline_ms = 10000\n\n[cache]\nenabled = false\n\n\
          [simulation]\nseed = {}\nhouseholds = {}\ntoday = \"{}\"\nlatency_p50_ms = 0\nlatency_p99_ms = 0\n",
@@ -577,6 +585,12 @@ async fn s1(bench: &mut Bench, run_s1: bool, run_h2load: bool) -> anyhow::Result
                 call,
             )
             .await?;
+        // A again, beside S1: the ratio compares two rates taken under the
+        // same conditions, however the machine drifted since A. The broker
+        // waits idle meanwhile.
+        if then_a {
+            baseline_a(bench, "A1", "A after S1").await?;
+        }
     }
     let h2 = if run_h2load {
         Some(run_h2load_on(bench, &broker, channels[0].clone()).await?)
@@ -587,12 +601,14 @@ async fn s1(bench: &mut Bench, run_s1: bool, run_h2load: bool) -> anyhow::Result
     Ok(h2)
 }
 
-/// S2, and S3 on the same broker with realistic latencies.
+/// S2, then (with `then_b`) baseline B again beside it, and S3 on the same
+/// broker with realistic latencies.
 async fn s2_s3(
     bench: &mut Bench,
     agencies: &Agencies,
     run_s2: bool,
     run_s3: bool,
+    then_b: bool,
 ) -> anyhow::Result<Option<LatencyComparison>> {
     let config = bench.broker_config(&format!(
         "[verification]\ndefault_deadline_ms = 10000\n\n[cache]\nenabled = false\n\n{}",
@@ -612,6 +628,10 @@ async fn s2_s3(
                 call.clone(),
             )
             .await?;
+        // B again, beside S2 (as A beside S1); the broker waits idle.
+        if then_b && run_s2 {
+            baseline_b(bench, agencies, "B2", "B after S2").await?;
+        }
     }
     let mut comparison = None;
     if run_s3 {
@@ -1082,32 +1102,65 @@ fn ratios(
     let a = bench.rate_of("A");
     let b = bench.rate_of("B");
     let b_p99 = bench.row("B").map(|r| r.latency_ms.p99_ms);
+    // The baselines measured again right after S1 and S2, when there are:
+    // the targets are taken against them, the first ones printed beside.
+    let a1 = bench.rate_of("A1");
+    let b2 = bench.rate_of("B2");
+    let b2_p99 = bench.row("B2").map(|r| r.latency_ms.p99_ms);
     let s1 = bench.rate_of("S1");
     let s2 = bench.rate_of("S2");
     let s2_p99 = bench.row("S2").map(|r| r.latency_ms.p99_ms);
     let s4 = bench.rate_of("S4");
     let mut r = Vec::new();
-    if let (Some(s1), Some(a)) = (s1, a) {
+    let a_near = a1.or(a);
+    let (a_says, a_first) = if a1.is_some() {
+        ("A after S1", a)
+    } else {
+        ("baseline A", None)
+    };
+    if let (Some(s1), Some(a)) = (s1, a_near) {
         r.push(Ratio::at_least(
-            "S1 / baseline A (verifications vs echo calls)",
+            format!("S1 / {a_says} (verifications vs echo calls)"),
             s1 / a,
             0.10,
         ));
     }
-    if let (Some(s2), Some(a)) = (s2, a) {
+    if let (Some(s1), Some(a)) = (s1, a_first) {
+        r.push(Ratio::info("S1 / A at the start of the run", s1 / a));
+    }
+    if let (Some(s2), Some(a)) = (s2, a_near) {
         r.push(Ratio::at_least(
-            "S2 / (baseline A / 29)",
+            format!("S2 / ({a_says} / 29)"),
             s2 / (a / 29.0),
             0.5,
         ));
     }
-    if let (Some(s2), Some(b)) = (s2, b) {
-        r.push(Ratio::at_least("S2 / baseline B (throughput)", s2 / b, 0.8));
+    let (b_near, b_near_p99, b_says, b_first) = if b2.is_some() {
+        (b2, b2_p99, "B after S2", b)
+    } else {
+        (b, b_p99, "baseline B", None)
+    };
+    if let (Some(s2), Some(b)) = (s2, b_near) {
+        r.push(Ratio::at_least(
+            format!("S2 / {b_says} (throughput)"),
+            s2 / b,
+            0.8,
+        ));
     }
-    if let (Some(s2), Some(b)) = (s2_p99, b_p99) {
-        r.push(Ratio::at_most("S2 p99 − baseline B p99 (ms)", s2 - b, 1.0));
+    if let (Some(s2), Some(b)) = (s2, b_first) {
+        r.push(Ratio::info(
+            "S2 / B at the start of the run (throughput)",
+            s2 / b,
+        ));
+    }
+    if let (Some(s2), Some(b)) = (s2_p99, b_near_p99) {
+        r.push(Ratio::at_most(
+            format!("S2 p99 − {b_says} p99 (ms)"),
+            s2 - b,
+            1.0,
+        ));
         if b > 0.0 {
-            r.push(Ratio::info("S2 p99 / baseline B p99", s2 / b));
+            r.push(Ratio::info(format!("S2 p99 / {b_says} p99"), s2 / b));
         }
     }
     if let (Some(s1), Some(b)) = (s1, b) {

@@ -53,7 +53,7 @@ fn every_scenario_produces_figures() {
         "--only",
         "a,b,s1,s2,s3,s4,s5",
     ]);
-    for id in ["A", "B", "S1", "S2", "S3", "S4", "B4"] {
+    for id in ["A", "B", "S1", "A1", "S2", "B2", "S3", "S4", "B4"] {
         assert!(ok_of(&results, id) > 0, "{id} counted nothing: {results}");
     }
     let levels = results["s5"]["levels"].as_array().expect("S5 levels");
