@@ -35,7 +35,7 @@ use crate::{
 };
 
 /// The method a source's answers come from.
-const LOOKUP_PATH: &str = "/hedui.v1.AdapterService/Lookup";
+pub(crate) const LOOKUP_PATH: &str = "/hedui.v1.AdapterService/Lookup";
 
 /// Largest answer accepted from a source, in bytes.
 pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;

@@ -135,7 +135,10 @@ pub struct PeerAdapter {
     broker_id: String,
     endpoint: String,
     remote: Vec<String>,
+    /// For `Check` (tonic's generated client).
     client: AdapterServiceClient<Channel>,
+    /// The same connection, for `Lookup` ([`crate::unary`]).
+    channel: Channel,
     /// `Bearer <token>` sent with every call (never printed).
     authorization: Option<Authorization>,
     /// How the peer is reached, said in transport errors.
@@ -210,8 +213,9 @@ impl PeerAdapter {
             params.tls.as_ref(),
             params.auth.as_ref(),
         )?;
-        let client = AdapterServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_ANSWER_BYTES);
+        let channel = endpoint.connect_lazy();
+        let client =
+            AdapterServiceClient::new(channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES);
         Ok(PeerAdapter {
             source_id: source.id.clone(),
             fact_kinds: source.fact_kinds.clone(),
@@ -219,6 +223,7 @@ impl PeerAdapter {
             endpoint: params.endpoint.clone(),
             remote: params.sources.clone(),
             client,
+            channel,
             authorization,
             over,
             kinds: Arc::new(OnceCell::new()),
@@ -298,17 +303,23 @@ impl PeerAdapter {
             fact_kinds: wanted.iter().map(|k| *k as i32).collect(),
             ..request.clone()
         };
-        let mut req = Request::new(inner.clone());
+        let mut req = Request::new(());
         req.set_timeout(ctx.remaining());
         req.metadata_mut().insert(VIA_HEADER, via.clone());
         ctx.trace(&mut req);
         Authorization::apply(self.authorization.as_ref(), &mut req);
-        let resp =
-            match tokio::time::timeout_at(ctx.deadline, self.client.clone().lookup(req)).await {
-                Err(_) => return Err(AdapterError::Timeout),
-                Ok(Err(s)) => return Err(classify(remote, &s, self.over)),
-                Ok(Ok(r)) => r.into_inner(),
-            };
+        let call = crate::unary::call::<_, LookupResponse>(
+            self.channel.clone(),
+            crate::grpc::LOOKUP_PATH,
+            req.into_parts().0,
+            &inner,
+            MAX_ANSWER_BYTES,
+        );
+        let resp = match tokio::time::timeout_at(ctx.deadline, call).await {
+            Err(_) => return Err(AdapterError::Timeout),
+            Ok(Err(s)) => return Err(classify(remote, &s, self.over)),
+            Ok(Ok(r)) => r,
+        };
         check_answer(&inner, &resp, kinds)
             .map_err(|e| AdapterError::Malformed(format!("peer source {remote:?}: {e}")))?;
         Ok(resp)
