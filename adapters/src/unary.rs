@@ -66,10 +66,23 @@ where
     std::future::poll_fn(|cx| GrpcService::poll_ready(&mut channel, cx))
         .await
         .map_err(|e| Status::from_error(e.into()))?;
-    let response = GrpcService::call(&mut channel, request)
-        .await
-        .map_err(|e| Status::from_error(e.into()))?;
+    let pending = GrpcService::call(&mut channel, request);
+    // What waits for the answer is kept small: a source may take its time,
+    // and a broker waits on 27 of them per verification. The channel is not
+    // needed any more, and reading the answer is boxed once it comes.
+    drop(channel);
+    let response = pending.await.map_err(|e| Status::from_error(e.into()))?;
+    Box::pin(read_answer(response, max_answer_bytes)).await
+}
 
+/// The answer of a unary call, read as tonic's unary client reads it.
+async fn read_answer<Res>(
+    response: http::Response<tonic::body::Body>,
+    max_answer_bytes: usize,
+) -> Result<Res, Status>
+where
+    Res: prost::Message + Default + Send + 'static,
+{
     let status_code = response.status();
     let (parts, body) = response.into_parts();
     // A response of headers only carries its status there.
@@ -100,4 +113,30 @@ where
         .ok_or_else(|| Status::internal("Missing response message."))?;
     body.trailers().await.map_err(with_headers)?;
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use hedui_proto::v1::{LookupRequest, LookupResponse};
+
+    use super::*;
+
+    /// What a hanging call holds is the call's future: kept small, as
+    /// a broker holds 27 per verification in flight (docs/benchmarks.md,
+    /// S5).
+    #[tokio::test]
+    async fn the_waiting_call_is_small() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let request = LookupRequest::default();
+        let call = call::<_, LookupResponse>(
+            channel,
+            "/hedui.v1.AdapterService/Lookup",
+            MetadataMap::new(),
+            &request,
+            1024,
+        );
+        let size = std::mem::size_of_val(&call);
+        println!("unary call future: {size} bytes");
+        assert!(size <= 1024, "{size} bytes");
+    }
 }
