@@ -130,7 +130,7 @@ mod tests {
         let request = LookupRequest::default();
         let call = call::<_, LookupResponse>(
             channel,
-            "/hedui.v1.AdapterService/Lookup",
+            crate::grpc::LOOKUP_PATH,
             MetadataMap::new(),
             &request,
             1024,

@@ -556,7 +556,6 @@ async fn baseline_b(
     Ok(())
 }
 
-/// S1, and h2load on the same broker.
 /// S1, then (with `then_a`) baseline A again beside it, and h2load on the
 /// same broker.
 async fn s1(
@@ -1092,6 +1091,36 @@ fn parse_h2load(text: &str, h2: &mut H2load) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A baseline as a scenario's target takes it: measured again right after
+/// the scenario (row `again`) when it was, else the first measurement
+/// (row `first`), which is then also given for a ratio without target.
+struct Baseline {
+    rate: Option<f64>,
+    p99: Option<f64>,
+    again: bool,
+    first: Option<f64>,
+}
+
+impl Baseline {
+    fn of(bench: &Bench, first: &str, again: &str) -> Self {
+        let p99 = |id: &str| bench.row(id).map(|r| r.latency_ms.p99_ms);
+        match bench.rate_of(again) {
+            Some(rate) => Self {
+                rate: Some(rate),
+                p99: p99(again),
+                again: true,
+                first: bench.rate_of(first),
+            },
+            None => Self {
+                rate: bench.rate_of(first),
+                p99: p99(first),
+                again: false,
+                first: None,
+            },
+        }
+    }
+}
+
 /// The comparisons of the issue, each against a baseline of this run.
 fn ratios(
     bench: &mut Bench,
@@ -1099,61 +1128,47 @@ fn ratios(
     s5: Option<&Memory>,
     h2: Option<&H2load>,
 ) {
-    let a = bench.rate_of("A");
     let b = bench.rate_of("B");
-    let b_p99 = bench.row("B").map(|r| r.latency_ms.p99_ms);
-    // The baselines measured again right after S1 and S2, when there are:
-    // the targets are taken against them, the first ones printed beside.
-    let a1 = bench.rate_of("A1");
-    let b2 = bench.rate_of("B2");
-    let b2_p99 = bench.row("B2").map(|r| r.latency_ms.p99_ms);
     let s1 = bench.rate_of("S1");
     let s2 = bench.rate_of("S2");
     let s2_p99 = bench.row("S2").map(|r| r.latency_ms.p99_ms);
     let s4 = bench.rate_of("S4");
     let mut r = Vec::new();
-    let a_near = a1.or(a);
-    let (a_says, a_first) = if a1.is_some() {
-        ("A after S1", a)
-    } else {
-        ("baseline A", None)
-    };
-    if let (Some(s1), Some(a)) = (s1, a_near) {
+    let a = Baseline::of(bench, "A", "A1");
+    let a_says = if a.again { "A after S1" } else { "baseline A" };
+    if let (Some(s1), Some(a)) = (s1, a.rate) {
         r.push(Ratio::at_least(
             format!("S1 / {a_says} (verifications vs echo calls)"),
             s1 / a,
             0.10,
         ));
     }
-    if let (Some(s1), Some(a)) = (s1, a_first) {
+    if let (Some(s1), Some(a)) = (s1, a.first) {
         r.push(Ratio::info("S1 / A at the start of the run", s1 / a));
     }
-    if let (Some(s2), Some(a)) = (s2, a_near) {
+    if let (Some(s2), Some(a)) = (s2, a.rate) {
         r.push(Ratio::at_least(
             format!("S2 / ({a_says} / 29)"),
             s2 / (a / 29.0),
             0.5,
         ));
     }
-    let (b_near, b_near_p99, b_says, b_first) = if b2.is_some() {
-        (b2, b2_p99, "B after S2", b)
-    } else {
-        (b, b_p99, "baseline B", None)
-    };
-    if let (Some(s2), Some(b)) = (s2, b_near) {
+    let b2 = Baseline::of(bench, "B", "B2");
+    let b_says = if b2.again { "B after S2" } else { "baseline B" };
+    if let (Some(s2), Some(b)) = (s2, b2.rate) {
         r.push(Ratio::at_least(
             format!("S2 / {b_says} (throughput)"),
             s2 / b,
             0.8,
         ));
     }
-    if let (Some(s2), Some(b)) = (s2, b_first) {
+    if let (Some(s2), Some(b)) = (s2, b2.first) {
         r.push(Ratio::info(
             "S2 / B at the start of the run (throughput)",
             s2 / b,
         ));
     }
-    if let (Some(s2), Some(b)) = (s2_p99, b_near_p99) {
+    if let (Some(s2), Some(b)) = (s2_p99, b2.p99) {
         r.push(Ratio::at_most(
             format!("S2 p99 − {b_says} p99 (ms)"),
             s2 - b,
@@ -1187,22 +1202,20 @@ fn ratios(
             s3.path_overhead_ms.p99_ms,
         ));
     }
-    match (s4, b, bench.rate_of("B4")) {
-        (Some(s4), Some(b), Some(b4)) => {
-            r.push(Ratio::at_least(
-                "S4 / baseline B measured right after S4 (throughput)",
-                s4 / b4,
-                3.0,
-            ));
-            r.push(Ratio::info(
-                "S4 / baseline B at the start of the run (throughput)",
-                s4 / b,
-            ));
-        }
-        (Some(s4), Some(b), None) => {
-            r.push(Ratio::at_least("S4 / baseline B (throughput)", s4 / b, 3.0));
-        }
-        _ => {}
+    let b4 = Baseline::of(bench, "B", "B4");
+    if let (Some(s4), Some(b)) = (s4, b4.rate) {
+        let name = if b4.again {
+            "S4 / baseline B measured right after S4 (throughput)"
+        } else {
+            "S4 / baseline B (throughput)"
+        };
+        r.push(Ratio::at_least(name, s4 / b, 3.0));
+    }
+    if let (Some(s4), Some(b)) = (s4, b4.first) {
+        r.push(Ratio::info(
+            "S4 / baseline B at the start of the run (throughput)",
+            s4 / b,
+        ));
     }
     if let (Some(s4), Some(s2)) = (s4, s2) {
         r.push(Ratio::info("S4 / S2 (warm cache vs cache off)", s4 / s2));
