@@ -1703,11 +1703,15 @@ async fn ask(
         consent_reference: request.consent_reference.clone(),
     };
     let ctx = LookupContext::until(deadline);
-    let answer =
-        match tokio::time::timeout_at(deadline, source.guard.lookup(&ctx, lookup, max_age)).await {
-            Err(_) => Err(GuardError::Source(AdapterError::Timeout)),
-            Ok(r) => r,
-        };
+    let answer = match tokio::time::timeout_at(
+        deadline,
+        source.guard.lookup(&ctx, &lookup, max_age),
+    )
+    .await
+    {
+        Err(_) => Err(GuardError::Source(AdapterError::Timeout)),
+        Ok(r) => r,
+    };
     // An answer older than the caller accepts is not used: the source is
     // reported as failed, and what depends on it is inconclusive.
     let answer = answer.and_then(|served| {

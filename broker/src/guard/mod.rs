@@ -381,7 +381,7 @@ impl SourceGuard {
     pub async fn lookup(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
         max_age: Option<Duration>,
     ) -> Result<Served, GuardError> {
         use tracing::Instrument;
@@ -451,13 +451,17 @@ impl SourceGuard {
     async fn lookup_guarded(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
         max_age: Option<Duration>,
         attempts: &AtomicUsize,
     ) -> Result<Served, GuardError> {
+        // Both ways are boxed: a future is as large as its largest state,
+        // and every source asked holds this one while it waits; inline, the
+        // call (retries, rate limit, bulkhead, the adapter's call) or the
+        // cache's insertion with the call inside it would set the size of
+        // every lookup, whichever way it goes (docs/benchmarks.md, S5).
         let Some(cache) = &self.cache else {
-            return self
-                .call(ctx, &request, attempts)
+            return Box::pin(self.call(ctx, request, attempts))
                 .await
                 .map(|response| Served {
                     answers: Arc::new(response.answers),
@@ -465,10 +469,6 @@ impl SourceGuard {
                     cache_hit: false,
                 });
         };
-        // Boxed: a future is as large as its largest state, and the cache's
-        // (moka's insertion with the call inside it) is several times the
-        // call's; inline, every lookup would carry that size, cached or not
-        // (docs/benchmarks.md, S5).
         Box::pin(self.lookup_cached(cache, ctx, request, max_age, attempts)).await
     }
 
@@ -477,11 +477,11 @@ impl SourceGuard {
         &self,
         cache: &AnswerCache,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
         max_age: Option<Duration>,
         attempts: &AtomicUsize,
     ) -> Result<Served, GuardError> {
-        let key = CacheKey::of(&request);
+        let key = CacheKey::of(request);
         if let Some(hit) = cache.cache.get(&key).await {
             if young_enough(&hit, max_age) {
                 crate::telemetry::metrics()
@@ -499,8 +499,10 @@ impl SourceGuard {
         let entry = cache
             .cache
             .entry(key)
-            .or_try_insert_with(async {
-                let response = self.call(ctx, &request, attempts).await?;
+            // The call is boxed apart from moka's insertion, which moves
+            // what it is given and would otherwise hold it twice.
+            .or_try_insert_with(Box::pin(async {
+                let response = self.call(ctx, request, attempts).await?;
                 let kinds = response
                     .answers
                     .iter()
@@ -517,7 +519,7 @@ impl SourceGuard {
                     as_of,
                     ttl,
                 }))
-            })
+            }))
             .await
             .map_err(|e| (*e).clone())?;
         let cache_hit = !entry.is_fresh();
@@ -731,7 +733,7 @@ impl Adapter for SourceGuard {
         ctx: &LookupContext,
         request: LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
-        SourceGuard::lookup(self, ctx, request, None)
+        SourceGuard::lookup(self, ctx, &request, None)
             .await
             .map(|s| LookupResponse {
                 answers: Arc::unwrap_or_clone(s.answers),
