@@ -338,6 +338,39 @@ impl TlsParams {
     }
 }
 
+/// The rustls client configuration of a source's `tls` block: its CA,
+/// the broker's client certificate when given; ring, TLS 1.2 and 1.3. The
+/// transport sets the ALPN protocols.
+///
+/// # Errors
+/// A message naming the parameter (`tls.ca`, `tls.cert`, `tls.key`).
+pub(crate) fn rustls_client_config(tls: &LoadedTls) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in &tls.ca {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("tls.ca: a certificate cannot be trusted: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots);
+    match &tls.identity_pem {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("tls.cert: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem)
+                .map_err(|_| "tls.key: no PEM private key".to_owned())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("tls.key: does not go with tls.cert: {e}"))
+        }
+    }
+}
+
 /// The credentials of one source, read when its adapter is built.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {

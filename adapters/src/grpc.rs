@@ -31,6 +31,7 @@ use crate::{
     answer::check_answer,
     auth::{BearerParams, Credentials, TlsParams},
     catalog::SourceSpec,
+    h2client::H2Client,
     registry::{AdapterFactory, BuildError, parse_params},
 };
 
@@ -86,10 +87,11 @@ fn default_max_answer_bytes() -> usize {
 pub struct GrpcAdapter {
     source_id: String,
     fact_kinds: Vec<FactKind>,
-    /// For `Check`.
+    /// For `Check`, through tonic's channel (a connection of its own).
     client: AdapterServiceClient<Channel>,
-    /// The same connection, for `Lookup` ([`crate::unary`]).
-    channel: Channel,
+    /// For `Lookup`, the call every verification makes: HTTP/2 directly
+    /// ([`crate::h2client`]).
+    lookups: Arc<H2Client>,
     /// Largest answer accepted, in bytes.
     max_answer_bytes: usize,
     /// `Bearer <token>`, sent with every call; marked sensitive, and its
@@ -132,6 +134,18 @@ pub(crate) fn over_of(tls: Option<&crate::auth::LoadedTls>) -> &'static str {
     }
 }
 
+/// How a source is reached, its credentials read: see [`secured_endpoint`].
+pub(crate) struct Secured {
+    /// tonic's endpoint, TLS configured.
+    pub(crate) endpoint: Endpoint,
+    /// The bearer token's metadata.
+    pub(crate) authorization: Option<Authorization>,
+    /// How the source is reached, for transport errors ([`over_of`]).
+    pub(crate) over: &'static str,
+    /// The client TLS, read.
+    pub(crate) tls: Option<crate::auth::LoadedTls>,
+}
+
 /// The endpoint of a source with its credentials: reads the `tls` and
 /// `auth` files once; also says how the source is reached ([`over_of`]).
 pub(crate) fn secured_endpoint(
@@ -139,7 +153,7 @@ pub(crate) fn secured_endpoint(
     connect_timeout_ms: u64,
     tls: Option<&TlsParams>,
     auth: Option<&BearerParams>,
-) -> Result<(Endpoint, Option<Authorization>, &'static str), String> {
+) -> Result<Secured, String> {
     let creds = Credentials::load("endpoint", endpoint, tls, auth)?;
     let mut ep = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| format!("endpoint {endpoint:?} is not a valid URL: {e}"))?
@@ -150,11 +164,12 @@ pub(crate) fn secured_endpoint(
             .tls_config(TlsParams::tonic_config(t))
             .map_err(|e| format!("tls: {}", crate::auth::describe_chain(&e)))?;
     }
-    Ok((
-        ep,
-        creds.grpc_authorization().map(Authorization),
-        over_of(creds.tls.as_ref()),
-    ))
+    Ok(Secured {
+        endpoint: ep,
+        authorization: creds.grpc_authorization().map(Authorization),
+        over: over_of(creds.tls.as_ref()),
+        tls: creds.tls,
+    })
 }
 
 impl GrpcAdapter {
@@ -163,33 +178,38 @@ impl GrpcAdapter {
     /// # Errors
     /// [`BuildError::Params`] when the endpoint is not a valid URL.
     pub fn new(source: &SourceSpec, params: &GrpcParams) -> Result<Self, BuildError> {
-        let (endpoint, authorization, over) = secured_endpoint(
+        let params_error = |message| BuildError::Params {
+            kind: "grpc".into(),
+            message,
+        };
+        let secured = secured_endpoint(
             &params.endpoint,
             params.connect_timeout_ms,
             params.tls.as_ref(),
             params.auth.as_ref(),
         )
-        .map_err(|message| BuildError::Params {
-            kind: "grpc".into(),
-            message,
-        })?;
+        .map_err(params_error)?;
         if params.max_answer_bytes == 0 || params.max_answer_bytes > MAX_ANSWER_BYTES {
-            return Err(BuildError::Params {
-                kind: "grpc".into(),
-                message: format!("max_answer_bytes: must be between 1 and {MAX_ANSWER_BYTES}"),
-            });
+            return Err(params_error(format!(
+                "max_answer_bytes: must be between 1 and {MAX_ANSWER_BYTES}"
+            )));
         }
-        let channel = endpoint.connect_lazy();
-        let client = AdapterServiceClient::new(channel.clone())
+        let lookups = H2Client::new(
+            &params.endpoint,
+            Duration::from_millis(params.connect_timeout_ms),
+            secured.tls.as_ref(),
+        )
+        .map_err(params_error)?;
+        let client = AdapterServiceClient::new(secured.endpoint.connect_lazy())
             .max_decoding_message_size(params.max_answer_bytes);
         Ok(Self {
             source_id: source.id.clone(),
             fact_kinds: source.fact_kinds.clone(),
             client,
-            channel,
+            lookups: Arc::new(lookups),
             max_answer_bytes: params.max_answer_bytes,
-            authorization,
-            over,
+            authorization: secured.authorization,
+            over: secured.over,
         })
     }
 }
@@ -216,11 +236,11 @@ impl Adapter for GrpcAdapter {
         req.set_timeout(remaining);
         ctx.trace(&mut req);
         Authorization::apply(self.authorization.as_ref(), &mut req);
-        let call = crate::unary::call::<_, LookupResponse>(
-            self.channel.clone(),
+        let frame = crate::unary::frame(&request).map_err(|s| classify(&s, self.over))?;
+        let call = self.lookups.call::<LookupResponse>(
             LOOKUP_PATH,
             req.into_parts().0,
-            &request,
+            frame,
             self.max_answer_bytes,
         );
         let response = match tokio::time::timeout_at(ctx.deadline, call).await {
@@ -261,9 +281,10 @@ fn classify(status: &tonic::Status, over: &str) -> AdapterError {
         }
         cause = e.source();
     }
-    let transport_failure = status
-        .source()
-        .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
+    let transport_failure = status.source().is_some_and(|e| {
+        e.downcast_ref::<tonic::transport::Error>().is_some()
+            || e.downcast_ref::<crate::h2client::Unreachable>().is_some()
+    });
     if transport_failure {
         return AdapterError::Unavailable(format!(
             "cannot reach the source{over}: {}",
@@ -327,7 +348,7 @@ impl AdapterFactory for GrpcFactory {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use hedui_proto::v1::PersonAnswer;
     use tokio::net::TcpListener;
     use tokio_stream::wrappers::TcpListenerStream;
@@ -423,7 +444,7 @@ mod tests {
 
     /// Answers every person with no record.
     #[derive(Debug)]
-    struct Nobody;
+    pub(crate) struct Nobody;
 
     #[async_trait]
     impl Adapter for Nobody {

@@ -37,6 +37,7 @@ pub mod catalog;
 pub mod conformance;
 pub mod error;
 pub mod grpc;
+mod h2client;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod mapping;

@@ -207,13 +207,14 @@ impl PeerAdapter {
                 return Err(format!("sources: {s:?} is not a source id"));
             }
         }
-        let (endpoint, authorization, over) = secured_endpoint(
+        let secured = secured_endpoint(
             &params.endpoint,
             params.connect_timeout_ms,
             params.tls.as_ref(),
             params.auth.as_ref(),
         )?;
-        let channel = endpoint.connect_lazy();
+        let (authorization, over) = (secured.authorization, secured.over);
+        let channel = secured.endpoint.connect_lazy();
         let client =
             AdapterServiceClient::new(channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES);
         Ok(PeerAdapter {

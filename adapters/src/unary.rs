@@ -12,6 +12,10 @@
 //! [`Channel`] (connection, TLS, reconnection, `grpc-timeout`) as before.
 //! The response is read by tonic's own decoder, [`Streaming`], the way
 //! tonic's unary client reads it: its statuses and errors are tonic's.
+//!
+//! The peer transport calls this way. The gRPC transport's `Lookup` goes
+//! further ([`crate::h2client`]: HTTP/2 directly, without the channel)
+//! and shares the frame, the headers and the reading of the answer.
 
 use bytes::{BufMut, BytesMut};
 use http::header::{CONTENT_TYPE, TE};
@@ -39,29 +43,13 @@ where
     Req: prost::Message,
     Res: prost::Message + Default + Send + 'static,
 {
-    let len = message.encoded_len();
-    let frame_len = u32::try_from(len)
-        .map_err(|_| Status::out_of_range(format!("request of {len} bytes is too large")))?;
-    // The gRPC frame: not compressed, the length (big-endian), the message.
-    let mut frame = BytesMut::with_capacity(5 + len);
-    frame.put_u8(0);
-    frame.put_u32(frame_len);
-    message
-        .encode(&mut frame)
-        .map_err(|e| Status::internal(format!("request does not encode: {e}")))?;
-    let mut request = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
-        frame.freeze(),
-    )));
+    let mut request = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(frame(
+        message,
+    )?)));
     *request.method_mut() = http::Method::POST;
     *request.version_mut() = http::Version::HTTP_2;
     *request.uri_mut() = http::Uri::from_static(path);
-    let headers = request.headers_mut();
-    *headers = metadata.into_headers();
-    headers.insert(TE, http::HeaderValue::from_static("trailers"));
-    headers.insert(
-        CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
+    *request.headers_mut() = grpc_headers(metadata);
 
     std::future::poll_fn(|cx| GrpcService::poll_ready(&mut channel, cx))
         .await
@@ -75,8 +63,39 @@ where
     Box::pin(read_answer(response, max_answer_bytes)).await
 }
 
+/// `message` as one gRPC frame: not compressed, its length (big-endian),
+/// the message.
+///
+/// # Errors
+/// `OUT_OF_RANGE` for a message over 4 GiB, `INTERNAL` when it does not
+/// encode.
+pub(crate) fn frame<Req: prost::Message>(message: &Req) -> Result<bytes::Bytes, Status> {
+    let len = message.encoded_len();
+    let frame_len = u32::try_from(len)
+        .map_err(|_| Status::out_of_range(format!("request of {len} bytes is too large")))?;
+    let mut frame = BytesMut::with_capacity(5 + len);
+    frame.put_u8(0);
+    frame.put_u32(frame_len);
+    message
+        .encode(&mut frame)
+        .map_err(|e| Status::internal(format!("request does not encode: {e}")))?;
+    Ok(frame.freeze())
+}
+
+/// The headers of a gRPC request: `metadata` (the `grpc-timeout`,
+/// credentials and trace context), `te` and `content-type`.
+pub(crate) fn grpc_headers(metadata: MetadataMap) -> http::HeaderMap {
+    let mut headers = metadata.into_headers();
+    headers.insert(TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers
+}
+
 /// The answer of a unary call, read as tonic's unary client reads it.
-async fn read_answer<Res>(
+pub(crate) async fn read_answer<Res>(
     response: http::Response<tonic::body::Body>,
     max_answer_bytes: usize,
 ) -> Result<Res, Status>

@@ -18,7 +18,7 @@ use hyper_util::{
     client::legacy::connect::{Connected, Connection, HttpConnector},
     rt::TokioIo,
 };
-use rustls::{ClientConfig, RootCertStore, pki_types::ServerName};
+use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
@@ -32,31 +32,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// # Errors
 /// A message naming the parameter (`tls.ca`, `tls.cert`, `tls.key`).
 pub(crate) fn client_config(tls: &LoadedTls) -> Result<ClientConfig, String> {
-    let mut roots = RootCertStore::empty();
-    for c in &tls.ca {
-        roots
-            .add(c.clone())
-            .map_err(|e| format!("tls.ca: a certificate cannot be trusted: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_root_certificates(roots);
-    let mut config = match &tls.identity_pem {
-        None => builder.with_no_client_auth(),
-        Some((cert_pem, key_pem)) => {
-            use rustls::pki_types::{CertificateDer, pem::PemObject};
-            let chain = CertificateDer::pem_slice_iter(cert_pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("tls.cert: {e}"))?;
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
-                .map_err(|_| "tls.key: no PEM private key".to_owned())?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("tls.key: does not go with tls.cert: {e}"))?
-        }
-    };
+    let mut config = crate::auth::rustls_client_config(tls)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
