@@ -28,10 +28,11 @@ pub mod config;
 pub mod health;
 
 use std::{
+    collections::HashMap,
     fmt,
     num::NonZeroU32,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
@@ -43,7 +44,7 @@ use hedui_adapters::{
     Adapter, AdapterError, LookupContext, answer::check_answer, catalog::SourceSpec,
 };
 use hedui_proto::v1::{CheckResponse, LookupRequest, LookupResponse, PersonAnswer, SourceStatus};
-use moka::{Expiry, future::Cache};
+use moka::{Expiry, sync::Cache};
 use tokio::{sync::Semaphore, time::Instant};
 
 use self::{
@@ -139,6 +140,53 @@ impl Expiry<CacheKey, Arc<Cached>> for ByAnswer {
 #[derive(Clone)]
 pub struct AnswerCache {
     cache: Cache<CacheKey, Arc<Cached>>,
+    /// The lookups asking their source now, by key: a lookup missing an
+    /// answer that is being asked for waits for that call rather than
+    /// making another. (moka's entry API does the same, but its future,
+    /// held by every call in flight, is 1.4 KiB: docs/benchmarks.md, S5.)
+    asking: Arc<Mutex<HashMap<CacheKey, Asked>>>,
+}
+
+/// What a call being made will come to: `None` until it answers.
+type Asked = tokio::sync::watch::Receiver<Option<Result<Arc<Cached>, GuardError>>>;
+
+/// The lookup making the call for a key: when it is dropped unfinished
+/// (its caller gave up), the lookups waiting on it are woken to ask again.
+struct Asking<'a> {
+    cache: &'a AnswerCache,
+    key: &'a CacheKey,
+    answer: tokio::sync::watch::Sender<Option<Result<Arc<Cached>, GuardError>>>,
+}
+
+impl Asking<'_> {
+    /// Hands the answer to the lookups waiting on it.
+    fn finish(self, answer: &Result<Arc<Cached>, GuardError>) {
+        self.answer.send_replace(Some(answer.clone()));
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        let mut asking = self
+            .cache
+            .asking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if asking
+            .get(self.key)
+            .is_some_and(|asked| asked.same_channel(&self.answer.subscribe()))
+        {
+            asking.remove(self.key);
+        }
+    }
+}
+
+/// A lookup's turn at a missing answer.
+enum Turn<'a> {
+    /// Nobody is asking: this lookup asks.
+    Ask(Asking<'a>),
+    /// Another lookup is asking: this one waits for its answer.
+    Wait(Asked),
 }
 
 impl fmt::Debug for AnswerCache {
@@ -165,7 +213,24 @@ impl AnswerCache {
                 .expire_after(ByAnswer)
                 .support_invalidation_closures()
                 .build(),
+            asking: Arc::default(),
         }
+    }
+
+    /// Whether the lookup missing `key` asks, or waits for the one that
+    /// does.
+    fn turn<'a>(&'a self, key: &'a CacheKey) -> Turn<'a> {
+        let mut asking = self.asking.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(asked) = asking.get(key) {
+            return Turn::Wait(asked.clone());
+        }
+        let (answer, asked) = tokio::sync::watch::channel(None);
+        asking.insert(key.clone(), asked);
+        Turn::Ask(Asking {
+            cache: self,
+            key,
+            answer,
+        })
     }
 
     /// Drops every answer about `person_id` (a change event arrived).
@@ -188,8 +253,8 @@ impl AnswerCache {
     }
 
     /// Applies pending maintenance (for tests and figures).
-    pub async fn sync(&self) {
-        self.cache.run_pending_tasks().await;
+    pub fn sync(&self) {
+        self.cache.run_pending_tasks();
     }
 }
 
@@ -458,8 +523,9 @@ impl SourceGuard {
         // Both ways are boxed: a future is as large as its largest state,
         // and every source asked holds this one while it waits; inline, the
         // call (retries, rate limit, bulkhead, the adapter's call) or the
-        // cache's insertion with the call inside it would set the size of
-        // every lookup, whichever way it goes (docs/benchmarks.md, S5).
+        // cache's way (the call, or waiting for another lookup's) would set
+        // the size of every lookup, whichever way it goes
+        // (docs/benchmarks.md, S5).
         let Some(cache) = &self.cache else {
             return Box::pin(self.call(ctx, request, attempts))
                 .await
@@ -482,7 +548,7 @@ impl SourceGuard {
         attempts: &AtomicUsize,
     ) -> Result<Served, GuardError> {
         let key = CacheKey::of(request);
-        if let Some(hit) = cache.cache.get(&key).await {
+        if let Some(hit) = cache.cache.get(&key) {
             if young_enough(&hit, max_age) {
                 crate::telemetry::metrics()
                     .cache_hits
@@ -494,46 +560,63 @@ impl SourceGuard {
                 });
             }
             // Too old for this caller: ask again, and keep the newer one.
-            cache.cache.invalidate(&key).await;
+            cache.cache.invalidate(&key);
         }
-        let entry = cache
-            .cache
-            .entry(key)
-            // The call is boxed apart from moka's insertion, which moves
-            // what it is given and would otherwise hold it twice.
-            .or_try_insert_with(Box::pin(async {
-                let response = self.call(ctx, request, attempts).await?;
-                let kinds = response
-                    .answers
-                    .iter()
-                    .flat_map(|a| a.facts.iter())
-                    .filter_map(|f| f.value.as_ref().map(|v| v.kind()));
-                let ttl = self.settings.ttl_of(kinds);
-                let as_of = response
-                    .as_of
-                    .and_then(|t| SystemTime::try_from(t).ok())
-                    .unwrap_or_else(SystemTime::now);
-                Ok::<_, GuardError>(Arc::new(Cached {
-                    answers: Arc::new(response.answers),
-                    stated_as_of: response.as_of,
-                    as_of,
-                    ttl,
-                }))
-            }))
-            .await
-            .map_err(|e| (*e).clone())?;
-        let cache_hit = !entry.is_fresh();
+        let (answer, cache_hit) = loop {
+            match cache.turn(&key) {
+                Turn::Ask(asking) => {
+                    let answer = self
+                        .call(ctx, request, attempts)
+                        .await
+                        .map(|response| self.cached(response));
+                    if let Ok(cached) = &answer {
+                        cache.cache.insert(key.clone(), Arc::clone(cached));
+                    }
+                    asking.finish(&answer);
+                    break (answer?, false);
+                }
+                Turn::Wait(mut asked) => {
+                    // The lookup asking gave up unanswered (its caller
+                    // went away): take a turn again.
+                    let Ok(answer) = asked.wait_for(Option::is_some).await else {
+                        continue;
+                    };
+                    let answer = answer.clone().expect("waited for an answer");
+                    break (answer?, true);
+                }
+            }
+        };
         let counter = if cache_hit {
             &crate::telemetry::metrics().cache_hits
         } else {
             &crate::telemetry::metrics().cache_misses
         };
         counter.add(1, std::slice::from_ref(&self.source_attr));
-        let cached = entry.into_value();
         Ok(Served {
-            answers: Arc::clone(&cached.answers),
-            as_of: cached.stated_as_of,
+            answers: Arc::clone(&answer.answers),
+            as_of: answer.stated_as_of,
             cache_hit,
+        })
+    }
+
+    /// A source's answer as the cache keeps it, for as long as its kinds
+    /// allow.
+    fn cached(&self, response: LookupResponse) -> Arc<Cached> {
+        let kinds = response
+            .answers
+            .iter()
+            .flat_map(|a| a.facts.iter())
+            .filter_map(|f| f.value.as_ref().map(|v| v.kind()));
+        let ttl = self.settings.ttl_of(kinds);
+        let as_of = response
+            .as_of
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or_else(SystemTime::now);
+        Arc::new(Cached {
+            answers: Arc::new(response.answers),
+            stated_as_of: response.as_of,
+            as_of,
+            ttl,
         })
     }
 
