@@ -91,7 +91,7 @@ pub struct GrpcAdapter {
     client: AdapterServiceClient<Channel>,
     /// For `Lookup`, the call every verification makes: HTTP/2 directly
     /// ([`crate::h2client`]).
-    lookups: Arc<H2Client>,
+    lookups: H2Client,
     /// Largest answer accepted, in bytes.
     max_answer_bytes: usize,
     /// `Bearer <token>`, sent with every call; marked sensitive, and its
@@ -206,7 +206,7 @@ impl GrpcAdapter {
             source_id: source.id.clone(),
             fact_kinds: source.fact_kinds.clone(),
             client,
-            lookups: Arc::new(lookups),
+            lookups,
             max_answer_bytes: params.max_answer_bytes,
             authorization: secured.authorization,
             over: secured.over,

@@ -48,6 +48,7 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// One source's HTTP/2 connection, made when first needed and again after
 /// it ends. Cheap to share: calls clone a handle to the connection.
+#[derive(Clone)]
 pub(crate) struct H2Client {
     inner: Arc<Inner>,
 }
@@ -185,8 +186,8 @@ impl H2Client {
         Res: prost::Message + Default + Send + 'static,
     {
         let request = self.request(path, metadata)?;
-        let handle = match self.live() {
-            Some((_, handle)) => handle,
+        let (number, handle) = match self.live() {
+            Some(live) => live,
             // Connecting is boxed: inline, its states (TCP, TLS, HTTP/2
             // handshakes) would set the size of every waiting call.
             None => Box::pin(self.handle()).await?,
@@ -194,18 +195,18 @@ impl H2Client {
         let mut send = handle
             .ready()
             .await
-            .map_err(|e| self.failed("the connection could not take the call", &e))?;
+            .map_err(|e| self.failed(number, "the connection could not take the call", &e))?;
         let (response, mut body) = send
             .send_request(request, false)
-            .map_err(|e| self.failed("the call could not be sent", &e))?;
+            .map_err(|e| self.failed(number, "the call could not be sent", &e))?;
         body.send_data(frame, true)
-            .map_err(|e| self.failed("the request could not be sent", &e))?;
+            .map_err(|e| self.failed(number, "the request could not be sent", &e))?;
         // What waits for the answer is kept small (27 per verification):
         // the handles are not needed any more.
         drop((send, body));
         let response = response
             .await
-            .map_err(|e| self.failed("the call failed", &e))?
+            .map_err(|e| self.failed(number, "the call failed", &e))?
             .map(|recv| tonic::body::Body::new(Answer(recv)));
         Box::pin(crate::unary::read_answer(response, max_answer_bytes)).await
     }
@@ -232,15 +233,12 @@ impl H2Client {
     /// none. Callers that waited for an attempt that failed are told why
     /// rather than each trying again (when the source is down, every call
     /// in flight would otherwise wait for its own connect timeout in turn).
-    async fn handle(&self) -> Result<SendRequest<Bytes>, Status> {
-        if let Some((_, handle)) = self.live() {
-            return Ok(handle);
-        }
+    async fn handle(&self) -> Result<(u64, SendRequest<Bytes>), Status> {
         let seen = self.inner.finished.load(Ordering::Acquire);
         let mut last = self.inner.connecting.lock().await;
         // Another caller may have connected while this one waited.
-        if let Some((_, handle)) = self.live() {
-            return Ok(handle);
+        if let Some(live) = self.live() {
+            return Ok(live);
         }
         if last.number > seen
             && let Some(why) = &last.failed
@@ -267,7 +265,7 @@ impl H2Client {
                     .live
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some((number, handle.clone()));
-                Ok(handle)
+                Ok((number, handle))
             }
             Err(status) => {
                 last.failed = Some(status.message().to_owned());
@@ -307,23 +305,22 @@ impl H2Client {
         }
     }
 
-    /// An error of the connection under a call: the connection is dropped
-    /// (the next call connects again) when the error is the connection's.
-    fn failed(&self, what: &str, e: &h2::Error) -> Status {
-        if e.is_io() || e.is_go_away() || e.reason().is_none() {
-            forget(&self.inner, None);
+    /// An error under a call on connection `number`: a reset of the
+    /// call's stream is the source's answer; anything else is the
+    /// connection's, which is dropped (the next call connects again).
+    fn failed(&self, number: u64, what: &str, e: &h2::Error) -> Status {
+        match e.reason() {
+            Some(reason) if !e.is_go_away() && !e.is_io() => {
+                // As tonic reads a reset: REFUSED_STREAM is UNAVAILABLE,
+                // CANCEL is CANCELLED ...
+                let code = Status::from(h2::Error::from(reason)).code();
+                Status::new(code, format!("{what}: {e}"))
+            }
+            _ => {
+                forget(&self.inner, number);
+                unreachable(format!("{what}: {}", crate::auth::describe_chain(e)))
+            }
         }
-        if let Some(reason) = e.reason()
-            && !e.is_go_away()
-            && !e.is_io()
-        {
-            // The source reset this stream: an answer of the source, as
-            // tonic reads a reset (REFUSED_STREAM is UNAVAILABLE, CANCEL
-            // is CANCELLED ...).
-            let code = Status::from(h2::Error::from(reason)).code();
-            return Status::new(code, format!("{what}: {e}"));
-        }
-        unreachable(format!("{what}: {}", crate::auth::describe_chain(e)))
     }
 }
 
@@ -350,20 +347,17 @@ where
             tracing::debug!(error = %e, "a source's connection ended");
         }
         if let Some(inner) = inner.upgrade() {
-            forget(&inner, Some(number));
+            forget(&inner, number);
         }
     });
     Ok(handle)
 }
 
-/// Forgets the live connection (`number`, or whichever is live), so that
-/// the next call connects again.
-fn forget(inner: &Inner, number: Option<u64>) {
+/// Forgets connection `number` if it is still the live one, so that the
+/// next call connects again.
+fn forget(inner: &Inner, number: u64) {
     let mut live = inner.live.lock().unwrap_or_else(PoisonError::into_inner);
-    if live
-        .as_ref()
-        .is_some_and(|(n, _)| number.is_none_or(|m| m == *n))
-    {
+    if live.as_ref().is_some_and(|(n, _)| *n == number) {
         *live = None;
     }
 }

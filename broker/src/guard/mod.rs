@@ -167,17 +167,13 @@ impl Asking<'_> {
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        let mut asking = self
-            .cache
+        // The key's entry is this lookup's: no other lookup asks for the
+        // key while it is there.
+        self.cache
             .asking
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if asking
-            .get(self.key)
-            .is_some_and(|asked| asked.same_channel(&self.answer.subscribe()))
-        {
-            asking.remove(self.key);
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.key);
     }
 }
 
