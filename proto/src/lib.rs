@@ -33,6 +33,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/hedui_descriptor.bin"));
 
+pub mod codec;
 pub mod resident_id;
 
 use v1::{CivilDate, FactKind, fact::Value};
