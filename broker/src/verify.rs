@@ -671,13 +671,13 @@ impl Verifier {
                     purpose_name(request.purpose)
                 ),
             };
-            return Err(self.deny(caller, Some(&request), e).await);
+            return Err(Box::pin(self.deny(caller, Some(&request), e)).await);
         }
         let requested_at = SystemTime::now();
         let started = Instant::now();
         // 0. Fail closed: no source is asked unless the access can be
         // recorded.
-        self.audit.ready().await.map_err(|e| {
+        Box::pin(self.audit.ready()).await.map_err(|e| {
             warn!(error = %e, "audit log unavailable; no source is called");
             VerifyError::AuditUnavailable(e)
         })?;
@@ -685,9 +685,7 @@ impl Verifier {
         // asked for a request it does not cover.
         let letter = if setup.consent_required {
             let owner = caller.consent_owner();
-            let letter = self
-                .consents
-                .get(owner, &request.consent_reference)
+            let letter = Box::pin(self.consents.get(owner, &request.consent_reference))
                 .await
                 .map_err(|e| {
                     warn!(error = %e, "consent store unavailable; no source is called");
@@ -697,7 +695,7 @@ impl Verifier {
                 crate::consent::check_request(letter.as_ref(), &request, crate::time::china_date())
             {
                 let e = VerifyError::PermissionDenied { message };
-                return Err(self.deny(caller, Some(&request), e).await);
+                return Err(Box::pin(self.deny(caller, Some(&request), e)).await);
             }
             letter
         } else {
@@ -742,19 +740,21 @@ impl Verifier {
         };
         let mut speculative = declared_persons(&request).map(|ids| plan.launch(ids));
         let household_asked = narrowed(disclosure.as_deref(), household_source);
-        let household_lookup = ask(
-            &household_asked,
-            &report_id,
-            vec![request.applicant_id.clone()],
-            &request,
-            limits,
-        );
-        let household_outcome = match speculative.as_mut() {
-            Some(fan) => {
-                fan.drive_until(household_lookup, &setup, disclosure.as_deref())
-                    .await
+        let household_outcome = {
+            let mut household_lookup = Box::pin(ask(
+                &household_asked,
+                &report_id,
+                vec![request.applicant_id.clone()],
+                &request,
+                limits,
+            ));
+            match speculative.as_mut() {
+                Some(fan) => {
+                    fan.drive_until(household_lookup.as_mut(), &setup, disclosure.as_deref())
+                        .await
+                }
+                None => household_lookup.await,
             }
-            None => household_lookup.await,
         };
         let household_outcome =
             restricted(disclosure.as_deref(), household_source, household_outcome);
@@ -773,16 +773,15 @@ impl Verifier {
                 ),
             };
             let e = VerifyError::PermissionDenied { message };
-            return Err(self
-                .deny_member(
-                    caller,
-                    &request,
-                    &household_outcome,
-                    &household,
-                    asked.unwrap_or_default(),
-                    e,
-                )
-                .await);
+            return Err(Box::pin(self.deny_member(
+                caller,
+                &request,
+                &household_outcome,
+                &household,
+                asked.unwrap_or_default(),
+                e,
+            ))
+            .await);
         }
         // A streaming caller learns the members and each source's outcome
         // before the report: the access is recorded before any of it
@@ -790,7 +789,7 @@ impl Verifier {
         // verification record.
         if events.is_some() {
             let entry = self.started_entry(&report_id, &request, &household, caller);
-            self.audit.record(entry).await.map_err(|e| {
+            Box::pin(self.audit.record(entry)).await.map_err(|e| {
                 warn!(error = %e, "stream opening not recorded; nothing leaves");
                 VerifyError::AuditUnavailable(e)
             })?;
@@ -836,7 +835,7 @@ impl Verifier {
             pending_until,
             ..
         } = fan;
-        outcomes[setup.household] = Some(household_outcome);
+        outcomes[setup.household] = Some(Box::new(household_outcome));
         let request_deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(request_deadline);
         loop {
@@ -846,13 +845,13 @@ impl Verifier {
             tokio::select! {
                 Some((i, outcome)) = regular.next() => {
                     send(&|| Event::SourceResult(outcome.result.clone()));
-                    outcomes[i] = Some(outcome);
+                    outcomes[i] = Some(Box::new(outcome));
                 }
                 Some((i, joined)) = late.next() => {
                     let outcome =
                         joined_outcome(disclosure.as_deref(), &setup.sources[i], joined);
                     send(&|| Event::SourceResult(outcome.result.clone()));
-                    outcomes[i] = Some(outcome);
+                    outcomes[i] = Some(Box::new(outcome));
                 }
                 // Sources without a late deadline end by the deadline on
                 // their own; the others are left pending.
@@ -877,10 +876,10 @@ impl Verifier {
                     pending_outcome(source, pending_until),
                 );
                 send(&|| Event::SourceResult(outcome.result.clone()));
-                *o = Some(outcome);
+                *o = Some(Box::new(outcome));
             }
         }
-        let returned: Vec<SourceOutcome> = returned.into_iter().flatten().collect();
+        let returned: Vec<SourceOutcome> = returned.into_iter().flatten().map(|o| *o).collect();
 
         // 3. Fold, in catalog order.
         let today = crate::time::china_date();
@@ -911,7 +910,7 @@ impl Verifier {
                             those answers were dropped unread and the sources asked again"
                 .into();
         }
-        self.audit.record(entry).await.map_err(|e| {
+        Box::pin(self.audit.record(entry)).await.map_err(|e| {
             warn!(error = %e, "access not recorded; the report does not leave");
             VerifyError::AuditUnavailable(e)
         })?;
@@ -920,11 +919,7 @@ impl Verifier {
             // before the report is stored, none misses the completion.
             self.watchers.register(&report_id, report.clone());
         }
-        if let Err(e) = self
-            .store
-            .put_encoded(&report, encoded, caller.owner())
-            .await
-        {
+        if let Err(e) = Box::pin(self.store.put_encoded(&report, encoded, caller.owner())).await {
             warn!(error = %e, "report not stored, verification fails");
             self.watchers.remove(&report_id);
             return Err(VerifyError::StoreUnavailable(e));
@@ -982,9 +977,13 @@ impl Verifier {
         while let Some((i, joined)) = late.next().await {
             late_ids.push(i);
             let source = &setup.sources[i];
-            outcomes[i] = Some(joined_outcome(disclosure.as_deref(), source, joined));
+            outcomes[i] = Some(Box::new(joined_outcome(
+                disclosure.as_deref(),
+                source,
+                joined,
+            )));
         }
-        let outcomes: Vec<SourceOutcome> = outcomes.into_iter().flatten().collect();
+        let outcomes: Vec<SourceOutcome> = outcomes.into_iter().flatten().map(|o| *o).collect();
         let policy = setup.policies.select(&household.region_code, today);
         let mut report = fold(FoldInput {
             report_id: report_id.clone(),
@@ -1133,6 +1132,10 @@ impl Plan<'_> {
             );
             // Asked only for the kinds the purpose may see, and the answer
             // (the cache's too) filtered again before anything reads it.
+            // The source's index is part of this future rather than added
+            // by one around it: a future that awaits another it captured
+            // holds it twice (the capture and the awaited copy), and 27 of
+            // these wait per verification (docs/benchmarks.md, S5).
             let work = async move {
                 let d = disclosure.as_deref();
                 let outcome = ask(
@@ -1143,15 +1146,16 @@ impl Plan<'_> {
                     limits,
                 )
                 .await;
-                restricted(d, &source, outcome)
+                (i, restricted(d, &source, outcome))
             };
             if long > self.deadline {
                 fan.pending_until = fan.pending_until.max(long);
                 let task = tokio::spawn(work);
                 fan.late_tasks.push(task.abort_handle());
-                fan.late.push(Box::pin(async move { (i, task.await) }));
+                fan.late
+                    .push(Box::pin(async move { (i, task.await.map(|(_, o)| o)) }));
             } else {
-                fan.regular.push(async move { (i, work.await) });
+                fan.regular.push(work);
             }
         }
         fan
@@ -1178,7 +1182,7 @@ struct FanOut<F> {
     /// The tasks behind `late`, aborted when the fan-out is abandoned.
     late_tasks: Vec<tokio::task::AbortHandle>,
     /// Per source, its outcome once known.
-    outcomes: Vec<Option<SourceOutcome>>,
+    outcomes: Slots,
     /// The sources whose outcome is known, in the order it became known.
     landed: Vec<usize>,
     /// The latest a late answer is waited for.
@@ -1187,18 +1191,18 @@ struct FanOut<F> {
 
 impl<F: std::future::Future<Output = (usize, SourceOutcome)>> FanOut<F> {
     fn land(&mut self, i: usize, outcome: SourceOutcome) {
-        self.outcomes[i] = Some(outcome);
+        self.outcomes[i] = Some(Box::new(outcome));
         self.landed.push(i);
     }
 
     /// Awaits `work` while taking in the answers that land meanwhile.
+    /// `work` is pinned by the caller: moved in, it would be held twice.
     async fn drive_until<T>(
         &mut self,
-        work: impl std::future::Future<Output = T>,
+        mut work: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
         setup: &Setup,
         disclosure: Option<&Disclosure>,
     ) -> T {
-        tokio::pin!(work);
         loop {
             tokio::select! {
                 biased;
@@ -1363,8 +1367,13 @@ struct Completion {
     today: chrono::NaiveDate,
     household: crate::report::household::Household,
     caller: Caller,
-    outcomes: Vec<Option<SourceOutcome>>,
+    outcomes: Slots,
 }
+
+/// Per source (in catalog order), its outcome once known. Boxed: a slot is
+/// a pointer until its source answers, where an outcome inline is 200
+/// bytes, 28 of them per verification in flight (docs/benchmarks.md, S5).
+type Slots = Vec<Option<Box<SourceOutcome>>>;
 
 /// Reports waiting for late answers, and their subscribers.
 #[derive(Debug, Default)]
@@ -2143,5 +2152,59 @@ mod tests {
         assert!(rows[1].body.as_deref().unwrap().contains(&subject));
         let first = rows[0].body.as_deref().unwrap();
         assert!(!first.contains("\"subjects\":[\""), "{first}");
+    }
+
+    /// The size of the futures a `FuturesUnordered` holds.
+    fn future_size<F>(_: &FuturesUnordered<F>) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every source asked holds its fan-out future while it waits, 27 per
+    /// verification in flight (docs/benchmarks.md, S5). A future that
+    /// awaits another it captured holds it twice; the fan-out's holds the
+    /// source's call once (its `ask` and what the call is asked with), not
+    /// twice. 824 bytes in release (rustc 1.95), its call 688;
+    /// before, 1,640.
+    #[tokio::test]
+    async fn a_source_s_fan_out_future_holds_its_call_once() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let setup = v.setup();
+        let request = Arc::new(request());
+        let now = Instant::now();
+        let plan = Plan {
+            setup: &setup,
+            disclosure: &None,
+            report_id: "r",
+            request: &request,
+            started: now,
+            deadline: now,
+            limits: Limits {
+                purpose: Purpose::DibaoReview,
+                deadline: now,
+                max_age: None,
+            },
+        };
+        let fan = plan.launch(vec![APPLICANT.into()]);
+        let ask = ask(&setup.sources[0], "r", Vec::new(), &request, plan.limits);
+        let (whole, call) = (future_size(&fan.regular), std::mem::size_of_val(&ask));
+        assert!(
+            whole < call + 256,
+            "the fan-out future is {whole} bytes, its call {call}"
+        );
+    }
+
+    /// A verification's own future is as large as its largest state: the
+    /// steps it takes briefly (the audit record, the store, a refusal) are
+    /// boxed so that they do not set the size of every verification that
+    /// waits on its sources (docs/benchmarks.md, S5). 3,512 bytes in
+    /// release (rustc 1.95), 5,280 with those steps inline.
+    #[tokio::test]
+    async fn a_verification_future_does_not_carry_its_brief_steps_inline() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let caller = caller();
+        let valid = v.validate(Some(request()), None).unwrap();
+        let run = v.run(valid, &caller, None);
+        let size = std::mem::size_of_val(&run);
+        assert!(size <= 6 * 1024, "a verification's future is {size} bytes");
     }
 }
