@@ -185,7 +185,6 @@ impl H2Client {
     where
         Res: prost::Message + Default + Send + 'static,
     {
-        let request = self.request(path, metadata)?;
         let (number, handle) = match self.live() {
             Some(live) => live,
             // Connecting is boxed: inline, its states (TCP, TLS, HTTP/2
@@ -196,6 +195,8 @@ impl H2Client {
             .ready()
             .await
             .map_err(|e| self.failed(number, "the connection could not take the call", &e))?;
+        // Built once the connection can take it: not held while waiting.
+        let request = self.request(path, metadata)?;
         let (response, mut body) = send
             .send_request(request, false)
             .map_err(|e| self.failed(number, "the call could not be sent", &e))?;
