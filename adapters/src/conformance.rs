@@ -212,7 +212,7 @@ async fn call(adapter: &Arc<dyn Adapter>, ctx: LookupContext, req: LookupRequest
     let a = adapter.clone();
     let started = Instant::now();
     let give_up = ctx.deadline + GIVE_UP;
-    let task = tokio::spawn(async move { a.lookup(&ctx, req).await });
+    let task = tokio::spawn(async move { a.lookup(&ctx, &req).await });
     let abort = task.abort_handle();
     match tokio::time::timeout_at(give_up, task).await {
         Err(_) => {

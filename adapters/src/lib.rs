@@ -115,6 +115,11 @@ pub trait Adapter: Send + Sync + fmt::Debug {
 
     /// Answers one lookup for a batch of persons.
     ///
+    /// The request is borrowed: the broker keeps it while the call waits
+    /// and asks again with the same one on a retry, so no attempt copies
+    /// it (27 calls wait per verification in flight; docs/benchmarks.md,
+    /// S5).
+    ///
     /// # Errors
     /// An [`AdapterError`] saying why the source gave no usable answer; a
     /// person the source does not know is not an error but an answer with
@@ -122,7 +127,7 @@ pub trait Adapter: Send + Sync + fmt::Debug {
     async fn lookup(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError>;
 
     /// Tells whether the source can answer now.

@@ -336,7 +336,7 @@ impl Adapter for PeerAdapter {
     async fn lookup(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
         if ctx.remaining().is_zero() {
             return Err(AdapterError::Timeout);
@@ -391,7 +391,7 @@ impl Adapter for PeerAdapter {
                 .collect(),
             as_of,
         };
-        check_answer(&request, &response, &self.fact_kinds)?;
+        check_answer(request, &response, &self.fact_kinds)?;
         Ok(response)
     }
 
@@ -652,7 +652,7 @@ impl AdapterService for PeerServer {
             })?;
         }
         let ctx = LookupContext::with_timeout(timeout);
-        let work = PATH.scope(path.clone(), adapter.lookup(&ctx, request.clone()));
+        let work = PATH.scope(path.clone(), adapter.lookup(&ctx, &request));
         let outcome = match tokio::time::timeout_at(ctx.deadline, work).await {
             Err(_) => Err(Status::deadline_exceeded("no answer before the deadline")),
             Ok(Err(e)) => Err(to_status(&e)),

@@ -346,7 +346,7 @@ impl AdapterService for AdapterServer {
             )));
         }
         let ctx = LookupContext::with_timeout(timeout);
-        match tokio::time::timeout_at(ctx.deadline, adapter.lookup(&ctx, request)).await {
+        match tokio::time::timeout_at(ctx.deadline, adapter.lookup(&ctx, &request)).await {
             Err(_) => Err(Status::deadline_exceeded("no answer before the deadline")),
             Ok(Err(e)) => Err(e.to_status()),
             Ok(Ok(r)) => Ok(Response::new(r)),

@@ -761,12 +761,12 @@ impl Adapter for SqlAdapter {
     async fn lookup(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
         if ctx.remaining().is_zero() {
             return Err(AdapterError::Timeout);
         }
-        let ids = crate::answer::distinct_person_ids(&request);
+        let ids = crate::answer::distinct_person_ids(request);
         let wanted: Vec<FactKind> = request.fact_kinds().collect();
         let answers =
             match tokio::time::timeout_at(ctx.deadline, self.fetch(ctx, &ids, &wanted)).await {
@@ -777,7 +777,7 @@ impl Adapter for SqlAdapter {
             answers,
             as_of: Some(timestamp(Utc::now())),
         };
-        check_answer(&request, &response, &self.fact_kinds)?;
+        check_answer(request, &response, &self.fact_kinds)?;
         Ok(response)
     }
 
@@ -971,7 +971,7 @@ mod tests {
         };
         let ctx = LookupContext::with_timeout(Duration::from_secs(5));
         let resp = adapter
-            .lookup(&ctx, ask(&["110105194912310021", "110105194912310013"]))
+            .lookup(&ctx, &ask(&["110105194912310021", "110105194912310013"]))
             .await
             .unwrap();
         let a = &resp
@@ -1001,7 +1001,7 @@ mod tests {
                 .is_empty()
         );
         // The classic: bound, it is just an id nobody has.
-        let resp = adapter.lookup(&ctx, ask(&["' OR 1=1 --"])).await.unwrap();
+        let resp = adapter.lookup(&ctx, &ask(&["' OR 1=1 --"])).await.unwrap();
         assert!(resp.answers[0].facts.is_empty());
         assert!(adapter.check().await.unwrap().serving);
         std::fs::remove_dir_all(&dir).unwrap();

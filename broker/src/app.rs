@@ -586,7 +586,7 @@ impl hedui_adapters::Adapter for PurposeBound {
     async fn lookup(
         &self,
         ctx: &hedui_adapters::LookupContext,
-        mut request: hedui_proto::v1::LookupRequest,
+        request: &hedui_proto::v1::LookupRequest,
     ) -> Result<hedui_proto::v1::LookupResponse, hedui_adapters::AdapterError> {
         use hedui_adapters::AdapterError;
         let Some(d) = self.verifier.disclosure(request.purpose) else {
@@ -601,6 +601,7 @@ impl hedui_adapters::Adapter for PurposeBound {
             .iter()
             .map(|k| *k as i32)
             .collect();
+        let mut request = request.clone();
         request.fact_kinds = if request.fact_kinds.is_empty() {
             allowed.clone()
         } else {
@@ -617,7 +618,7 @@ impl hedui_adapters::Adapter for PurposeBound {
                 "the purpose {name} may see none of the fact kinds asked for (purposes.{name}.fact_kinds)"
             )));
         }
-        let mut response = self.inner.lookup(ctx, request).await?;
+        let mut response = self.inner.lookup(ctx, &request).await?;
         for a in &mut response.answers {
             a.facts.retain(|f| {
                 f.value
@@ -1376,7 +1377,7 @@ mod tests {
         let e = bank
             .lookup(
                 &ctx,
-                lookup("rural-commercial-bank", Purpose::EducationAssistance),
+                &lookup("rural-commercial-bank", Purpose::EducationAssistance),
             )
             .await
             .unwrap_err();
@@ -1395,7 +1396,7 @@ mod tests {
         let full = bank
             .lookup(
                 &ctx,
-                lookup("rural-commercial-bank", Purpose::DibaoApplication),
+                &lookup("rural-commercial-bank", Purpose::DibaoApplication),
             )
             .await
             .unwrap();
@@ -1410,12 +1411,12 @@ mod tests {
                 .collect()
         };
         let all = civil
-            .lookup(&ctx, lookup("civil-affairs", Purpose::DibaoApplication))
+            .lookup(&ctx, &lookup("civil-affairs", Purpose::DibaoApplication))
             .await
             .unwrap();
         assert!(kinds(&all).contains(&FactKind::Marriage));
         let education = civil
-            .lookup(&ctx, lookup("civil-affairs", Purpose::EducationAssistance))
+            .lookup(&ctx, &lookup("civil-affairs", Purpose::EducationAssistance))
             .await
             .unwrap();
         assert!(!kinds(&education).is_empty());

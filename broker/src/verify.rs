@@ -1817,7 +1817,7 @@ mod tests {
         async fn lookup(
             &self,
             _ctx: &LookupContext,
-            request: LookupRequest,
+            request: &LookupRequest,
         ) -> Result<LookupResponse, AdapterError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let as_of = Some(timestamp(SystemTime::now() - self.age));

@@ -247,7 +247,7 @@ mod tests {
             ..Default::default()
         };
         let ctx = LookupContext::with_timeout(Duration::from_secs(1));
-        bank.lookup(&ctx, req.clone()).await.unwrap();
+        bank.lookup(&ctx, &req).await.unwrap();
 
         let stats = client
             .get_stats(GetStatsRequest {
@@ -283,7 +283,7 @@ mod tests {
             .into_inner();
         assert!(set.faults.unwrap().outage);
         assert_eq!(set.latency.unwrap().p99_ms, 9);
-        assert!(bank.lookup(&ctx, req.clone()).await.is_err());
+        assert!(bank.lookup(&ctx, &req).await.is_err());
         assert_eq!(
             agencies.stats_of("rural-commercial-bank").unwrap().failures,
             1
@@ -297,7 +297,7 @@ mod tests {
             })
             .await
             .unwrap();
-        bank.lookup(&ctx, req.clone()).await.unwrap();
+        bank.lookup(&ctx, &req).await.unwrap();
         assert_eq!(bank.control().latency(), LatencyConfig::new(5, 9));
 
         let reset = client

@@ -228,7 +228,7 @@ async fn ask(
         person_ids: ids,
         ..Default::default()
     };
-    match tokio::time::timeout_at(ctx.deadline, agency.source.lookup(ctx, req)).await {
+    match tokio::time::timeout_at(ctx.deadline, agency.source.lookup(ctx, &req)).await {
         Err(_) => Err(AdapterError::Timeout),
         Ok(r) => r,
     }
@@ -595,7 +595,7 @@ mod tests {
                 ..Default::default()
             };
             let ctx = LookupContext::with_timeout(Duration::from_secs(10));
-            let got = adapter.lookup(&ctx, req.clone()).await.unwrap();
+            let got = adapter.lookup(&ctx, &req).await.unwrap();
             check_answer(&req, &got, &spec.fact_kinds).unwrap();
             let want = source.answer(&req);
             let mut n = 0;
@@ -682,7 +682,7 @@ mod tests {
             ),
         ] {
             source.control().set_faults(fault).unwrap();
-            let e = adapter.lookup(&ctx, req.clone()).await.unwrap_err();
+            let e = adapter.lookup(&ctx, &req).await.unwrap_err();
             assert!(check(&e), "{e:?}");
         }
         source
@@ -696,7 +696,7 @@ mod tests {
         let e = adapter
             .lookup(
                 &LookupContext::with_timeout(Duration::from_millis(300)),
-                req,
+                &req,
             )
             .await
             .unwrap_err();

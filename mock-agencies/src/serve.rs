@@ -434,12 +434,12 @@ mod tests {
             ..Default::default()
         };
         let ctx = LookupContext::with_timeout(Duration::from_secs(5));
-        let resp = call("public-security").lookup(&ctx, req).await.unwrap();
+        let resp = call("public-security").lookup(&ctx, &req).await.unwrap();
         assert_eq!(resp.answers[0].facts.len(), 1);
         let err = call("justice")
             .lookup(
                 &ctx,
-                LookupRequest {
+                &LookupRequest {
                     source_id: "justice".into(),
                     person_ids: vec![applicant],
                     ..Default::default()

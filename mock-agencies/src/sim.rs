@@ -830,7 +830,7 @@ impl Adapter for SimulatedSource {
     async fn lookup(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
         let c = &self.control;
         let persons: HashSet<&str> = request.person_ids.iter().map(String::as_str).collect();
@@ -903,7 +903,7 @@ impl Adapter for SimulatedSource {
             c.failed();
             return Err(AdapterError::Internal("simulated error".into()));
         }
-        let mut response = self.answer(&request);
+        let mut response = self.answer(request);
         if d_malformed < faults.malformed_rate {
             c.failed();
             self.corrupt(&mut response, d_how);
@@ -911,7 +911,7 @@ impl Adapter for SimulatedSource {
         if d_oversized < faults.oversized_rate {
             c.failed();
             tracing::debug!(source = %self.source_id, "simulated oversized answer");
-            self.inflate(&request, &mut response, d_how);
+            self.inflate(request, &mut response, d_how);
         }
         Ok(response)
     }
@@ -1182,13 +1182,13 @@ mod tests {
         let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         ids.push("110105194912310021"); // unknown: answered with no facts
         let req = request(&ids);
-        let resp = src.lookup(&ctx(1_000), req.clone()).await.unwrap();
+        let resp = src.lookup(&ctx(1_000), &req).await.unwrap();
         check_answer(&req, &resp, kinds_of("civil-affairs")).unwrap();
         assert_eq!(resp.answers.len(), ids.len());
         assert!(resp.answers.last().unwrap().facts.is_empty());
         let mut only = req.clone();
         only.fact_kinds = vec![FactKind::Marriage as i32];
-        let resp = src.lookup(&ctx(1_000), only.clone()).await.unwrap();
+        let resp = src.lookup(&ctx(1_000), &only).await.unwrap();
         check_answer(&only, &resp, &[]).unwrap();
         assert!(kinds_in(&resp).keys().all(|k| *k == FactKind::Marriage));
         let stats = src.control().stats();
@@ -1220,7 +1220,7 @@ mod tests {
             })
             .unwrap();
         let err = src
-            .lookup(&ctx(500), request(&[&applicant]))
+            .lookup(&ctx(500), &request(&[&applicant]))
             .await
             .unwrap_err();
         assert!(matches!(err, AdapterError::Unavailable(_)), "{err}");
@@ -1232,7 +1232,7 @@ mod tests {
             })
             .unwrap();
         let err = src
-            .lookup(&ctx(500), request(&[&applicant]))
+            .lookup(&ctx(500), &request(&[&applicant]))
             .await
             .unwrap_err();
         assert!(matches!(err, AdapterError::Internal(_)), "{err}");
@@ -1260,13 +1260,13 @@ mod tests {
             })
             .unwrap();
         let started = tokio::time::Instant::now();
-        let r = src.lookup(&ctx(1_000), request(&[&target])).await;
+        let r = src.lookup(&ctx(1_000), &request(&[&target])).await;
         assert_eq!(r.unwrap_err(), AdapterError::Timeout);
         assert_eq!(started.elapsed(), Duration::from_secs(1));
         assert_eq!(src.control().stats().failures, 1);
         // Others are answered.
         let other = pop.household_at(2).unwrap().applicant().id().to_owned();
-        src.lookup(&ctx(1_000), request(&[&other])).await.unwrap();
+        src.lookup(&ctx(1_000), &request(&[&other])).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -1284,7 +1284,7 @@ mod tests {
         let mut took = Vec::new();
         for _ in 0..200 {
             let t = tokio::time::Instant::now();
-            src.lookup(&ctx(60_000), request(&[&id])).await.unwrap();
+            src.lookup(&ctx(60_000), &request(&[&id])).await.unwrap();
             took.push(t.elapsed().as_millis() as u64);
         }
         took.sort_unstable();
@@ -1297,7 +1297,7 @@ mod tests {
             .set_latency(LatencyConfig::new(5_000, 5_000))
             .unwrap();
         let t = tokio::time::Instant::now();
-        let err = src.lookup(&ctx(100), request(&[&id])).await.unwrap_err();
+        let err = src.lookup(&ctx(100), &request(&[&id])).await.unwrap_err();
         assert_eq!(err, AdapterError::Timeout);
         assert_eq!(t.elapsed(), Duration::from_millis(100));
     }
@@ -1316,7 +1316,7 @@ mod tests {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         for _ in 0..20 {
             let req = request(&ids);
-            let resp = src.lookup(&ctx(1_000), req.clone()).await.unwrap();
+            let resp = src.lookup(&ctx(1_000), &req).await.unwrap();
             assert!(check_answer(&req, &resp, kinds_of("employment")).is_err());
         }
     }
@@ -1358,7 +1358,7 @@ mod tests {
             })
             .unwrap();
         for _ in 0..6 {
-            let resp = src.lookup(&ctx(5_000), req.clone()).await.unwrap();
+            let resp = src.lookup(&ctx(5_000), &req).await.unwrap();
             assert!(check_answer(&req, &resp, kinds).is_err());
         }
         assert_eq!(src.control().stats().failures, 6);

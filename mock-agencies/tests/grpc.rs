@@ -122,7 +122,7 @@ async fn a_simulated_source_over_grpc() {
     )
     .unwrap();
     let ctx = LookupContext::with_timeout(Duration::from_secs(5));
-    let resp = grpc.lookup(&ctx, request.clone()).await.unwrap();
+    let resp = grpc.lookup(&ctx, &request).await.unwrap();
     assert_eq!(resp.answers.len(), ids.len());
 
     let control = source.control();
@@ -132,7 +132,7 @@ async fn a_simulated_source_over_grpc() {
             ..FaultConfig::none()
         })
         .unwrap();
-    let err = grpc.lookup(&ctx, request.clone()).await.unwrap_err();
+    let err = grpc.lookup(&ctx, &request).await.unwrap_err();
     assert!(matches!(err, AdapterError::Malformed(_)), "{err}");
 
     control
@@ -143,7 +143,7 @@ async fn a_simulated_source_over_grpc() {
         .unwrap();
     let started = std::time::Instant::now();
     let short = LookupContext::with_timeout(Duration::from_millis(300));
-    let err = grpc.lookup(&short, request.clone()).await.unwrap_err();
+    let err = grpc.lookup(&short, &request).await.unwrap_err();
     // The hang is cut at the deadline and reported as a timeout, whether
     // the broker's timer or tonic's own `grpc-timeout` timer fires first.
     assert!(matches!(&err, AdapterError::Timeout), "{err}");
@@ -156,12 +156,12 @@ async fn a_simulated_source_over_grpc() {
             ..FaultConfig::none()
         })
         .unwrap();
-    let err = grpc.lookup(&ctx, request.clone()).await.unwrap_err();
+    let err = grpc.lookup(&ctx, &request).await.unwrap_err();
     assert!(matches!(err, AdapterError::Unavailable(_)), "{err}");
     assert!(!grpc.check().await.unwrap().serving);
 
     control.set_faults(FaultConfig::none()).unwrap();
-    grpc.lookup(&ctx, request).await.unwrap();
+    grpc.lookup(&ctx, &request).await.unwrap();
     let stats = control.stats();
     assert_eq!(stats.lookups, 6);
     assert_eq!(stats.failures, 3);

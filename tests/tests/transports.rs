@@ -255,7 +255,7 @@ async fn sql_views_in_postgres_and_mariadb_pass_the_kit() {
                 ..Default::default()
             };
             let resp = adapter
-                .lookup(&LookupContext::with_timeout(Duration::from_secs(10)), req)
+                .lookup(&LookupContext::with_timeout(Duration::from_secs(10)), &req)
                 .await
                 .unwrap_or_else(|e| panic!("{server:?} {id}: {e}"));
             for a in &resp.answers {

@@ -90,7 +90,7 @@ impl Adapter for TestBank {
     async fn lookup(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
         let b = self.breakage;
         if b == Breakage::IgnoresDeadline && ctx.remaining() < Duration::from_secs(1) {

@@ -1148,14 +1148,14 @@ impl Adapter for HttpAdapter {
     async fn lookup(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
         if ctx.remaining().is_zero() {
             return Err(AdapterError::Timeout);
         }
-        let ids = crate::answer::distinct_person_ids(&request);
+        let ids = crate::answer::distinct_person_ids(request);
         let (answers, as_of) =
-            match tokio::time::timeout_at(ctx.deadline, self.fetch(ctx, &request, &ids)).await {
+            match tokio::time::timeout_at(ctx.deadline, self.fetch(ctx, request, &ids)).await {
                 Err(_) => return Err(AdapterError::Timeout),
                 Ok(r) => r?,
             };
@@ -1163,7 +1163,7 @@ impl Adapter for HttpAdapter {
             answers,
             as_of: Some(crate::mapping::timestamp(as_of.unwrap_or_else(Utc::now))),
         };
-        check_answer(&request, &response, &self.fact_kinds)?;
+        check_answer(request, &response, &self.fact_kinds)?;
         Ok(response)
     }
 

@@ -134,7 +134,7 @@ async fn per_person_answers_are_mapped_with_units_and_no_records() {
     let adapter = build("provident-fund", &pf_config(addr)).unwrap();
     let third = "110105194912310013";
     let resp = adapter
-        .lookup(&ctx(), request(&[ALICE, BOB, third]))
+        .lookup(&ctx(), &request(&[ALICE, BOB, third]))
         .await
         .unwrap();
     assert_eq!(resp.answers.len(), 3);
@@ -175,7 +175,7 @@ async fn a_person_id_cannot_change_the_request() {
     let (addr, seen) = serve(Duration::ZERO, Arc::new(pf_answer)).await;
     let adapter = build("provident-fund", &pf_config(addr)).unwrap();
     let evil = "' OR 1=1 --/../admin?x=1#";
-    let resp = adapter.lookup(&ctx(), request(&[evil])).await.unwrap();
+    let resp = adapter.lookup(&ctx(), &request(&[evil])).await.unwrap();
     assert!(resp.answers[0].facts.is_empty());
     let seen = seen.lock().unwrap();
     assert_eq!(
@@ -262,7 +262,7 @@ async fn batches_are_signed_and_split() {
     let (addr, seen) = serve(Duration::ZERO, bank(good_bank)).await;
     let adapter = build("rural-commercial-bank", &bank_config(addr, "s3cret")).unwrap();
     let ids = [ALICE, BOB, "110105194912310013"];
-    let resp = adapter.lookup(&ctx(), request(&ids)).await.unwrap();
+    let resp = adapter.lookup(&ctx(), &request(&ids)).await.unwrap();
     assert_eq!(resp.answers.len(), 3);
     let alice = resp.answers.iter().find(|a| a.person_id == ALICE).unwrap();
     assert_eq!(alice.facts.len(), 2);
@@ -292,7 +292,7 @@ async fn batches_are_signed_and_split() {
     // Only the kinds asked for.
     let mut only = request(&[ALICE]);
     only.fact_kinds = vec![FactKind::AccountOutflow as i32];
-    let resp = adapter.lookup(&ctx(), only).await.unwrap();
+    let resp = adapter.lookup(&ctx(), &only).await.unwrap();
     assert_eq!(resp.answers[0].facts.len(), 1);
 }
 
@@ -300,7 +300,10 @@ async fn batches_are_signed_and_split() {
 async fn a_wrong_secret_is_refused_by_the_source() {
     let (addr, _) = serve(Duration::ZERO, bank(good_bank)).await;
     let adapter = build("rural-commercial-bank", &bank_config(addr, "guess")).unwrap();
-    let err = adapter.lookup(&ctx(), request(&[ALICE])).await.unwrap_err();
+    let err = adapter
+        .lookup(&ctx(), &request(&[ALICE]))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         AdapterError::Rejected("HTTP 401 Unauthorized: signature does not match".into())
@@ -351,7 +354,10 @@ async fn broken_answers_are_unusable_not_panics() {
         let mut text = bank_config(addr, "s3cret");
         text.insert_str(0, "max_response_bytes = 4096\n");
         let adapter = build("rural-commercial-bank", &text).unwrap();
-        let err = adapter.lookup(&ctx(), request(&[ALICE])).await.unwrap_err();
+        let err = adapter
+            .lookup(&ctx(), &request(&[ALICE]))
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, AdapterError::Malformed(m) if m.contains(expected)),
             "expected {expected:?}, got {err:?}"
@@ -383,7 +389,10 @@ async fn statuses_become_typed_errors() {
         )
         .await;
         let adapter = build("provident-fund", &pf_config(addr)).unwrap();
-        let err = adapter.lookup(&ctx(), request(&[ALICE])).await.unwrap_err();
+        let err = adapter
+            .lookup(&ctx(), &request(&[ALICE]))
+            .await
+            .unwrap_err();
         assert!(ok(&err), "HTTP {status}: {err:?}");
     }
     // Nobody listening.
@@ -391,7 +400,10 @@ async fn statuses_become_typed_errors() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let adapter = build("provident-fund", &pf_config(addr)).unwrap();
-    let err = adapter.lookup(&ctx(), request(&[ALICE])).await.unwrap_err();
+    let err = adapter
+        .lookup(&ctx(), &request(&[ALICE]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AdapterError::Unavailable(_)), "{err:?}");
     assert!(adapter.check().await.is_err());
 }
@@ -404,7 +416,7 @@ async fn the_deadline_bounds_a_slow_source() {
     let err = adapter
         .lookup(
             &LookupContext::with_timeout(Duration::from_millis(200)),
-            request(&[ALICE]),
+            &request(&[ALICE]),
         )
         .await
         .unwrap_err();
@@ -496,7 +508,7 @@ async fn a_bearer_token_from_a_file_is_sent_and_never_printed() {
     );
     let adapter = build("provident-fund", &config).unwrap();
     assert!(!format!("{adapter:?}").contains("t0ken"));
-    adapter.lookup(&ctx(), request(&[ALICE])).await.unwrap();
+    adapter.lookup(&ctx(), &request(&[ALICE])).await.unwrap();
     assert_eq!(
         seen.lock().unwrap()[0].headers["authorization"],
         "Bearer t0ken"
@@ -506,7 +518,7 @@ async fn a_bearer_token_from_a_file_is_sent_and_never_printed() {
     let config = pf_config(addr).replace("value = \"t0ken\"", &format!("value_file = {token:?}"));
     let adapter = build("provident-fund", &config).unwrap();
     assert!(!format!("{adapter:?}").contains("t0ken"));
-    adapter.lookup(&ctx(), request(&[ALICE])).await.unwrap();
+    adapter.lookup(&ctx(), &request(&[ALICE])).await.unwrap();
     assert_eq!(
         seen.lock().unwrap()[1].headers["authorization"],
         "Bearer t0ken"

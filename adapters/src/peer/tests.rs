@@ -24,7 +24,7 @@ impl Adapter for Forestry {
     async fn lookup(
         &self,
         _ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
         Ok(LookupResponse {
             answers: request
@@ -130,13 +130,13 @@ async fn facts_through_a_peer_name_the_peer_and_its_source() {
     );
 
     let direct = peer("forestry", b, &["forestry"], "dachuan");
-    let resp = direct.lookup(&ctx(), ask()).await.unwrap();
+    let resp = direct.lookup(&ctx(), &ask()).await.unwrap();
     assert_eq!(resp.answers[0].facts[0].record_id, "dazhou/forestry/FR-1");
     assert!(resp.answers[1].facts.is_empty());
     assert!(direct.check().await.unwrap().serving);
 
     let two_hops = peer("forestry", s, &["forestry"], "dachuan");
-    let resp = two_hops.lookup(&ctx(), ask()).await.unwrap();
+    let resp = two_hops.lookup(&ctx(), &ask()).await.unwrap();
     assert_eq!(
         resp.answers[0].facts[0].record_id,
         "suzhou/forestry/dazhou/forestry/FR-1"
@@ -160,7 +160,7 @@ async fn a_loop_is_refused_with_its_path() {
     );
     // dachuan's own verification asks its forestry source.
     let started = std::time::Instant::now();
-    let err = a_forestry.lookup(&ctx(), ask()).await.unwrap_err();
+    let err = a_forestry.lookup(&ctx(), &ask()).await.unwrap_err();
     let AdapterError::Rejected(m) = &err else {
         panic!("{err:?}")
     };
@@ -185,7 +185,7 @@ async fn a_broker_that_asks_itself_is_a_loop() {
         l,
         PeerServer::new("dachuan", [(spec("forestry"), me.clone())]),
     );
-    let err = me.lookup(&ctx(), ask()).await.unwrap_err();
+    let err = me.lookup(&ctx(), &ask()).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("federation loop: dachuan → dachuan"),
@@ -219,10 +219,10 @@ async fn a_peer_source_that_does_not_report_a_kind_is_refused() {
         "dachuan",
     )
     .unwrap();
-    let err = wrong.lookup(&ctx(), ask()).await.unwrap_err();
+    let err = wrong.lookup(&ctx(), &ask()).await.unwrap_err();
     assert!(err.to_string().contains("reports VEHICLE"), "{err}");
     let unknown = peer("forestry", b, &["hydrology"], "dachuan");
-    let err = unknown.lookup(&ctx(), ask()).await.unwrap_err();
+    let err = unknown.lookup(&ctx(), &ask()).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("\"hydrology\" is not a source of broker \"dazhou\""),

@@ -741,9 +741,7 @@ impl SourceGuard {
         attempts.fetch_add(1, Ordering::Relaxed);
         let asked = Instant::now();
         let answer =
-            match tokio::time::timeout_at(ctx.deadline, self.adapter.lookup(ctx, request.clone()))
-                .await
-            {
+            match tokio::time::timeout_at(ctx.deadline, self.adapter.lookup(ctx, request)).await {
                 Err(_) => Err(AdapterError::Timeout),
                 Ok(r) => r,
             };
@@ -810,9 +808,9 @@ impl Adapter for SourceGuard {
     async fn lookup(
         &self,
         ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
-        SourceGuard::lookup(self, ctx, &request, None)
+        SourceGuard::lookup(self, ctx, request, None)
             .await
             .map(|s| LookupResponse {
                 answers: Arc::unwrap_or_clone(s.answers),

@@ -60,7 +60,7 @@ impl Adapter for Counting {
     async fn lookup(
         &self,
         _ctx: &LookupContext,
-        request: LookupRequest,
+        request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
@@ -425,8 +425,8 @@ async fn peers_are_served_through_the_same_guard() {
     let source = Counting::new(Behaviour::Facts, Duration::ZERO);
     let g = guard(&source, settings(Limits::default()), true);
     let adapter: Arc<dyn Adapter> = g.clone();
-    adapter.lookup(&ctx(1000), request(&[A])).await.unwrap();
-    adapter.lookup(&ctx(1000), request(&[A])).await.unwrap();
+    adapter.lookup(&ctx(1000), &request(&[A])).await.unwrap();
+    adapter.lookup(&ctx(1000), &request(&[A])).await.unwrap();
     assert_eq!(source.calls(), 1);
 }
 
