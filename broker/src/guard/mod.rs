@@ -699,10 +699,14 @@ impl SourceGuard {
                 return Err(held());
             }
             let waiting_since = Instant::now();
-            let waited = tokio::time::timeout_at(ctx.deadline, async {
+            // Boxed, as the bulkhead's wait below: inline, these waits
+            // (a timer, the queue's lock, the limiter's own timer) would
+            // set the size of every call, which waits on neither most of
+            // the time (docs/benchmarks.md, S5).
+            let waited = Box::pin(tokio::time::timeout_at(ctx.deadline, async {
                 let _turn = self.rate_queue.lock().await;
                 limiter.until_ready().await;
-            })
+            }))
             .await;
             crate::telemetry::metrics().rate_limit_wait.record(
                 waiting_since.elapsed().as_secs_f64(),
@@ -723,7 +727,7 @@ impl SourceGuard {
                 Ok(p) => p,
                 Err(_) => {
                     waited = true;
-                    tokio::time::timeout_at(ctx.deadline, s.acquire())
+                    Box::pin(tokio::time::timeout_at(ctx.deadline, s.acquire()))
                         .await
                         .ok()
                         .and_then(Result::ok)
