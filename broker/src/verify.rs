@@ -677,6 +677,11 @@ impl Verifier {
         let started = Instant::now();
         // 0. Fail closed: no source is asked unless the access can be
         // recorded.
+        //
+        // The steps this future takes briefly (this one, the letter, the
+        // refusals, the audit records, the store) are boxed: a future is as
+        // large as its largest state, and this one is held for as long as
+        // the verification waits on its sources (docs/benchmarks.md, S5).
         Box::pin(self.audit.ready()).await.map_err(|e| {
             warn!(error = %e, "audit log unavailable; no source is called");
             VerifyError::AuditUnavailable(e)
@@ -740,6 +745,8 @@ impl Verifier {
         };
         let mut speculative = declared_persons(&request).map(|ids| plan.launch(ids));
         let household_asked = narrowed(disclosure.as_deref(), household_source);
+        // Boxed and driven through `Pin<&mut>`: moved into `drive_until`,
+        // it was held twice.
         let household_outcome = {
             let mut household_lookup = Box::pin(ask(
                 &household_asked,
