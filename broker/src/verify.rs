@@ -745,23 +745,21 @@ impl Verifier {
         };
         let mut speculative = declared_persons(&request).map(|ids| plan.launch(ids));
         let household_asked = narrowed(disclosure.as_deref(), household_source);
-        // Boxed and driven through `Pin<&mut>`: moved into `drive_until`,
-        // it was held twice.
-        let household_outcome = {
-            let mut household_lookup = Box::pin(ask(
-                &household_asked,
-                &report_id,
-                vec![request.applicant_id.clone()],
-                &request,
-                limits,
-            ));
-            match speculative.as_mut() {
-                Some(fan) => {
-                    fan.drive_until(household_lookup.as_mut(), &setup, disclosure.as_deref())
-                        .await
-                }
-                None => household_lookup.await,
+        // Boxed: `drive_until` takes it by value and pins it, so inline
+        // it would be held twice.
+        let household_lookup = Box::pin(ask(
+            &household_asked,
+            &report_id,
+            vec![request.applicant_id.clone()],
+            &request,
+            limits,
+        ));
+        let household_outcome = match speculative.as_mut() {
+            Some(fan) => {
+                fan.drive_until(household_lookup, &setup, disclosure.as_deref())
+                    .await
             }
+            None => household_lookup.await,
         };
         let household_outcome =
             restricted(disclosure.as_deref(), household_source, household_outcome);
@@ -1203,13 +1201,13 @@ impl<F: std::future::Future<Output = (usize, SourceOutcome)>> FanOut<F> {
     }
 
     /// Awaits `work` while taking in the answers that land meanwhile.
-    /// `work` is pinned by the caller: moved in, it would be held twice.
     async fn drive_until<T>(
         &mut self,
-        mut work: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
+        work: impl std::future::Future<Output = T>,
         setup: &Setup,
         disclosure: Option<&Disclosure>,
     ) -> T {
+        tokio::pin!(work);
         loop {
             tokio::select! {
                 biased;
