@@ -435,51 +435,70 @@ impl SourceGuard {
 
     /// Answers `request` from the cache when an answer young enough for
     /// `max_age` is there, else by asking the source under the guard's
-    /// protections; gives up at `ctx.deadline`.
+    /// protections; gives up at `ctx.deadline`: every wait on the way (the
+    /// rate limit, the bulkhead, a retry's backoff, another lookup's
+    /// answer, the adapter's) ends by then.
+    ///
+    /// A lookup future is held by every source call a verification waits
+    /// on (27 per verification), so it is kept small: the arguments are
+    /// taken by an `async move` block, not an `async fn`, whose arguments
+    /// are held twice (as arguments and as the locals they are moved into),
+    /// and the guarded call is boxed (docs/benchmarks.md, S5).
     ///
     /// # Errors
     /// [`GuardError`] saying why there is no answer.
-    pub async fn lookup(
-        &self,
-        ctx: &LookupContext,
-        request: &LookupRequest,
+    pub fn lookup<'a>(
+        &'a self,
+        mut ctx: LookupContext,
+        request: &'a LookupRequest,
         max_age: Option<Duration>,
-    ) -> Result<Served, GuardError> {
+    ) -> impl Future<Output = Result<Served, GuardError>> + Send + 'a {
         use tracing::Instrument;
-        // One span per source asked; its fields name the source and the
-        // outcome, never a person.
-        let span = tracing::info_span!(
-            "source",
-            source = %self.spec.id,
-            transport = %self.settings.transport,
-            status = tracing::field::Empty,
-            cache_hit = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-        );
-        // Calls made to the adapter for this lookup (retries included; 0
-        // for a cache hit or a refusal).
-        let attempts = AtomicUsize::new(0);
-        // The department's spans join the trace through this span.
-        let mut traced = ctx.clone();
-        traced.traceparent = crate::telemetry::traceparent(&span);
-        let result = self
-            .lookup_guarded(&traced, request, max_age, &attempts)
-            .instrument(span.clone())
-            .await;
-        let (status, cache_hit) = match &result {
-            Ok(served) => (
-                if served.answers.iter().any(|a| !a.facts.is_empty()) {
-                    "ok"
-                } else {
-                    "no_record"
-                },
-                served.cache_hit,
-            ),
-            Err(e) => (status_label(e.status()), false),
-        };
-        span.record("status", status);
-        span.record("cache_hit", cache_hit);
-        span.record("attempts", attempts.load(Ordering::Relaxed));
+        async move {
+            // Calls made to the adapter for this lookup (retries included;
+            // 0 for a cache hit or a refusal).
+            let attempts = AtomicUsize::new(0);
+            // Pinned where it is made, and the span read back from it: the
+            // lookup holds one span, not two.
+            let mut guarded = std::pin::pin!({
+                // One span per source asked; its fields name the source and
+                // the outcome, never a person.
+                let span = tracing::info_span!(
+                    "source",
+                    source = %self.spec.id,
+                    transport = %self.settings.transport,
+                    status = tracing::field::Empty,
+                    cache_hit = tracing::field::Empty,
+                    attempts = tracing::field::Empty,
+                );
+                // The department's spans join the trace through this span.
+                ctx.traceparent = crate::telemetry::traceparent(&span);
+                self.lookup_guarded(&ctx, request, max_age, &attempts)
+                    .instrument(span)
+            });
+            let result = guarded.as_mut().await;
+            let (status, cache_hit) = match &result {
+                Ok(served) => (
+                    if served.answers.iter().any(|a| !a.facts.is_empty()) {
+                        "ok"
+                    } else {
+                        "no_record"
+                    },
+                    served.cache_hit,
+                ),
+                Err(e) => (status_label(e.status()), false),
+            };
+            let span = guarded.span();
+            span.record("status", status);
+            span.record("cache_hit", cache_hit);
+            span.record("attempts", attempts.load(Ordering::Relaxed));
+            self.count(status, cache_hit);
+            result
+        }
+    }
+
+    /// The metrics of a lookup that ended with `status`.
+    fn count(&self, status: &'static str, cache_hit: bool) {
         let m = crate::telemetry::metrics();
         m.source_requests.add(
             1,
@@ -506,32 +525,34 @@ impl SourceGuard {
                 self.breaker_shown.store(breaker, Ordering::Release);
             }
         }
-        result
     }
 
-    async fn lookup_guarded(
-        &self,
-        ctx: &LookupContext,
-        request: &LookupRequest,
+    /// The lookup, through the cache when there is one. Both ways are
+    /// boxed: a future is as large as its largest state, and every source
+    /// asked holds this one while it waits; inline, the call (retries, rate
+    /// limit, bulkhead, the adapter's call) or the cache's way (the call,
+    /// or waiting for another lookup's) would set the size of every lookup,
+    /// whichever way it goes (docs/benchmarks.md, S5).
+    fn lookup_guarded<'a>(
+        &'a self,
+        ctx: &'a LookupContext,
+        request: &'a LookupRequest,
         max_age: Option<Duration>,
-        attempts: &AtomicUsize,
-    ) -> Result<Served, GuardError> {
-        // Both ways are boxed: a future is as large as its largest state,
-        // and every source asked holds this one while it waits; inline, the
-        // call (retries, rate limit, bulkhead, the adapter's call) or the
-        // cache's way (the call, or waiting for another lookup's) would set
-        // the size of every lookup, whichever way it goes
-        // (docs/benchmarks.md, S5).
-        let Some(cache) = &self.cache else {
-            return Box::pin(self.call(ctx, request, attempts))
-                .await
-                .map(|response| Served {
+        attempts: &'a AtomicUsize,
+    ) -> impl Future<Output = Result<Served, GuardError>> + Send + 'a {
+        use futures::{FutureExt, future::Either};
+        match &self.cache {
+            None => Either::Left(Box::pin(self.call(ctx, request, attempts)).map(|r| {
+                r.map(|response| Served {
                     answers: Arc::new(response.answers),
                     as_of: response.as_of,
                     cache_hit: false,
-                });
-        };
-        Box::pin(self.lookup_cached(cache, ctx, request, max_age, attempts)).await
+                })
+            })),
+            Some(cache) => Either::Right(Box::pin(
+                self.lookup_cached(cache, ctx, request, max_age, attempts),
+            )),
+        }
     }
 
     /// [`Self::lookup_guarded`] through the cache.
@@ -572,9 +593,17 @@ impl SourceGuard {
                     break (answer?, false);
                 }
                 Turn::Wait(mut asked) => {
+                    // The lookup asking may wait longer than this caller
+                    // can.
+                    let waited =
+                        tokio::time::timeout_at(ctx.deadline, asked.wait_for(Option::is_some))
+                            .await;
+                    let Ok(waited) = waited else {
+                        return Err(GuardError::Source(AdapterError::Timeout));
+                    };
                     // The lookup asking gave up unanswered (its caller
                     // went away): take a turn again.
-                    let Ok(answer) = asked.wait_for(Option::is_some).await else {
+                    let Ok(answer) = waited else {
                         continue;
                     };
                     let answer = answer.clone().expect("waited for an answer");
@@ -618,160 +647,181 @@ impl SourceGuard {
 
     /// Asks the source: breaker, then per attempt rate limit, bulkhead and
     /// the call; retries what may be retried within budget and deadline.
-    async fn call(
-        &self,
-        ctx: &LookupContext,
-        request: &LookupRequest,
-        attempts: &AtomicUsize,
-    ) -> Result<LookupResponse, GuardError> {
-        let admission = self.breaker.admit().map_err(|retry_in| {
-            self.health.record_refusal(health::Refusal::CircuitOpen);
-            GuardError::CircuitOpen { retry_in }
-        })?;
-        self.budget.deposit();
-        let limits = &self.settings.limits;
-        let mut retries = 0;
-        loop {
-            match self.attempt(ctx, request, attempts).await {
-                Ok(response) => {
-                    self.breaker.success(admission);
-                    return Ok(response);
-                }
-                Err(Attempt::NotAsked(e)) => {
-                    if matches!(e, GuardError::HeldBack(_)) {
-                        self.health.record_refusal(health::Refusal::RateLimited);
+    /// (An `async move` block, as [`Self::lookup`], and so is
+    /// [`Self::attempt`]: the call is the box a waiting source call holds.)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice"
+    )]
+    fn call<'a>(
+        &'a self,
+        ctx: &'a LookupContext,
+        request: &'a LookupRequest,
+        attempts: &'a AtomicUsize,
+    ) -> impl Future<Output = Result<LookupResponse, GuardError>> + Send + 'a {
+        async move {
+            let admission = self.breaker.admit().map_err(|retry_in| {
+                self.health.record_refusal(health::Refusal::CircuitOpen);
+                GuardError::CircuitOpen { retry_in }
+            })?;
+            self.budget.deposit();
+            let limits = &self.settings.limits;
+            let mut retries = 0;
+            loop {
+                match self.attempt(ctx, request, attempts).await {
+                    Ok(response) => {
+                        self.breaker.success(admission);
+                        return Ok(response);
                     }
-                    self.breaker.abandon(admission);
-                    return Err(e);
-                }
-                Err(Attempt::Failed(e)) => {
-                    let backoff = match &e {
-                        AdapterError::RateLimited {
-                            retry_after: Some(d),
-                        } => *d,
-                        _ => Duration::from_millis(limits.retry_backoff_ms),
-                    };
-                    let retry = e.is_retryable()
-                        && admission == Admission::Call
-                        && retries < limits.max_retries
-                        && ctx.remaining() > backoff
-                        && self.budget.withdraw();
-                    if retry {
-                        retries += 1;
-                        tracing::debug!(source = %self.spec.id, error = %e, retries, "retrying");
-                        tokio::time::sleep(backoff).await;
-                        continue;
+                    Err(Attempt::NotAsked(e)) => {
+                        if matches!(e, GuardError::HeldBack(_)) {
+                            self.health.record_refusal(health::Refusal::RateLimited);
+                        }
+                        self.breaker.abandon(admission);
+                        return Err(e);
                     }
-                    match e {
-                        // The source answered: it is up.
-                        AdapterError::Rejected(_) => self.breaker.success(admission),
-                        _ => self.breaker.failure(admission),
+                    Err(Attempt::Failed(e)) => {
+                        let backoff = match &e {
+                            AdapterError::RateLimited {
+                                retry_after: Some(d),
+                            } => *d,
+                            _ => Duration::from_millis(limits.retry_backoff_ms),
+                        };
+                        let retry = e.is_retryable()
+                            && admission == Admission::Call
+                            && retries < limits.max_retries
+                            && ctx.remaining() > backoff
+                            && self.budget.withdraw();
+                        if retry {
+                            retries += 1;
+                            tracing::debug!(source = %self.spec.id, error = %e, retries, "retrying");
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        }
+                        match e {
+                            // The source answered: it is up.
+                            AdapterError::Rejected(_) => self.breaker.success(admission),
+                            _ => self.breaker.failure(admission),
+                        }
+                        return Err(GuardError::Source(e));
                     }
-                    return Err(GuardError::Source(e));
                 }
             }
         }
     }
 
-    async fn attempt(
-        &self,
-        ctx: &LookupContext,
-        request: &LookupRequest,
-        attempts: &AtomicUsize,
-    ) -> Result<LookupResponse, Attempt> {
-        if let Some(limiter) = &self.limiter
-            && limiter.check().is_err()
-        {
-            let rate = self.settings.limits.rate_per_s;
-            let held = || {
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice"
+    )]
+    fn attempt<'a>(
+        &'a self,
+        ctx: &'a LookupContext,
+        request: &'a LookupRequest,
+        attempts: &'a AtomicUsize,
+    ) -> impl Future<Output = Result<LookupResponse, Attempt>> + Send + 'a {
+        async move {
+            if let Some(limiter) = &self.limiter
+                && limiter.check().is_err()
+            {
+                let rate = self.settings.limits.rate_per_s;
+                let held = || {
+                    Attempt::NotAsked(GuardError::HeldBack(format!(
+                        "the broker's rate limit for this source ({rate}/s) had no slot before the deadline"
+                    )))
+                };
+                // Waiters take their turn one at a time (a FIFO lock in front
+                // of the limiter): a slot wakes one of them, not all, and a
+                // caller whose turn cannot come before its deadline is told at
+                // once.
+                let ahead = self.rate_waiters.fetch_add(1, Ordering::AcqRel);
+                let _waiting = Waiting(&self.rate_waiters);
+                let turn = Duration::from_secs_f64((ahead + 1) as f64 / f64::from(rate.max(1)));
+                if turn >= ctx.remaining() {
+                    return Err(held());
+                }
+                let waiting_since = Instant::now();
+                // Boxed, as the bulkhead's wait below: inline, these waits
+                // (a timer, the queue's lock, the limiter's own timer) would
+                // set the size of every call, which waits on neither most of
+                // the time (docs/benchmarks.md, S5).
+                let waited = Box::pin(tokio::time::timeout_at(ctx.deadline, async {
+                    let _turn = self.rate_queue.lock().await;
+                    limiter.until_ready().await;
+                }))
+                .await;
+                crate::telemetry::metrics().rate_limit_wait.record(
+                    waiting_since.elapsed().as_secs_f64(),
+                    std::slice::from_ref(&self.source_attr),
+                );
+                waited.map_err(|_| held())?;
+            }
+            let busy = || {
                 Attempt::NotAsked(GuardError::HeldBack(format!(
-                    "the broker's rate limit for this source ({rate}/s) had no slot before the deadline"
+                    "all {} concurrent calls allowed to this source were busy until the deadline",
+                    self.settings.limits.max_concurrent
                 )))
             };
-            // Waiters take their turn one at a time (a FIFO lock in front
-            // of the limiter): a slot wakes one of them, not all, and a
-            // caller whose turn cannot come before its deadline is told at
-            // once.
-            let ahead = self.rate_waiters.fetch_add(1, Ordering::AcqRel);
-            let _waiting = Waiting(&self.rate_waiters);
-            let turn = Duration::from_secs_f64((ahead + 1) as f64 / f64::from(rate.max(1)));
-            if turn >= ctx.remaining() {
-                return Err(held());
+            let mut waited = false;
+            let _permit = match &self.bulkhead {
+                None => None,
+                Some(s) => Some(match s.try_acquire() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        waited = true;
+                        Box::pin(tokio::time::timeout_at(ctx.deadline, s.acquire()))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .ok_or_else(busy)?
+                    }
+                }),
+            };
+            if Instant::now() >= ctx.deadline {
+                return Err(if waited {
+                    busy()
+                } else {
+                    Attempt::NotAsked(GuardError::Source(AdapterError::Timeout))
+                });
             }
-            let waiting_since = Instant::now();
-            // Boxed, as the bulkhead's wait below: inline, these waits
-            // (a timer, the queue's lock, the limiter's own timer) would
-            // set the size of every call, which waits on neither most of
-            // the time (docs/benchmarks.md, S5).
-            let waited = Box::pin(tokio::time::timeout_at(ctx.deadline, async {
-                let _turn = self.rate_queue.lock().await;
-                limiter.until_ready().await;
-            }))
-            .await;
-            crate::telemetry::metrics().rate_limit_wait.record(
-                waiting_since.elapsed().as_secs_f64(),
-                std::slice::from_ref(&self.source_attr),
-            );
-            waited.map_err(|_| held())?;
-        }
-        let busy = || {
-            Attempt::NotAsked(GuardError::HeldBack(format!(
-                "all {} concurrent calls allowed to this source were busy until the deadline",
-                self.settings.limits.max_concurrent
-            )))
-        };
-        let mut waited = false;
-        let _permit = match &self.bulkhead {
-            None => None,
-            Some(s) => Some(match s.try_acquire() {
-                Ok(p) => p,
-                Err(_) => {
-                    waited = true;
-                    Box::pin(tokio::time::timeout_at(ctx.deadline, s.acquire()))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .ok_or_else(busy)?
-                }
-            }),
-        };
-        if Instant::now() >= ctx.deadline {
-            return Err(if waited {
-                busy()
-            } else {
-                Attempt::NotAsked(GuardError::Source(AdapterError::Timeout))
-            });
-        }
-        attempts.fetch_add(1, Ordering::Relaxed);
-        let asked = Instant::now();
-        let answer =
-            match tokio::time::timeout_at(ctx.deadline, self.adapter.lookup(ctx, request)).await {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let asked = Instant::now();
+            let answer = match tokio::time::timeout_at(
+                ctx.deadline,
+                self.adapter.lookup(ctx, request),
+            )
+            .await
+            {
                 Err(_) => Err(AdapterError::Timeout),
                 Ok(r) => r,
             };
-        crate::telemetry::metrics().source_duration.record(
-            asked.elapsed().as_secs_f64(),
-            &[
-                self.source_attr.clone(),
-                opentelemetry::KeyValue::new(
-                    "status",
-                    match &answer {
-                        Ok(_) => "answered",
-                        Err(e) => status_label(crate::verify::status_of(e)),
-                    },
-                ),
-            ],
-        );
-        let answer = answer
-            .and_then(|resp| check_answer(request, &resp, &self.spec.fact_kinds).map(|()| resp));
-        self.health.record_call(
-            asked.elapsed(),
-            match &answer {
-                Ok(_) | Err(AdapterError::Rejected(_)) => health::CallOutcome::Answered,
-                Err(e) => health::CallOutcome::Failed(status_label(crate::verify::status_of(e))),
-            },
-        );
-        answer.map_err(Attempt::Failed)
+            crate::telemetry::metrics().source_duration.record(
+                asked.elapsed().as_secs_f64(),
+                &[
+                    self.source_attr.clone(),
+                    opentelemetry::KeyValue::new(
+                        "status",
+                        match &answer {
+                            Ok(_) => "answered",
+                            Err(e) => status_label(crate::verify::status_of(e)),
+                        },
+                    ),
+                ],
+            );
+            let answer = answer.and_then(|resp| {
+                check_answer(request, &resp, &self.spec.fact_kinds).map(|()| resp)
+            });
+            self.health.record_call(
+                asked.elapsed(),
+                match &answer {
+                    Ok(_) | Err(AdapterError::Rejected(_)) => health::CallOutcome::Answered,
+                    Err(e) => {
+                        health::CallOutcome::Failed(status_label(crate::verify::status_of(e)))
+                    }
+                },
+            );
+            answer.map_err(Attempt::Failed)
+        }
     }
 }
 
@@ -814,7 +864,7 @@ impl Adapter for SourceGuard {
         ctx: &LookupContext,
         request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
-        SourceGuard::lookup(self, ctx, request, None)
+        SourceGuard::lookup(self, ctx.clone(), request, None)
             .await
             .map(|s| LookupResponse {
                 answers: Arc::unwrap_or_clone(s.answers),
