@@ -668,7 +668,7 @@ impl SourceGuard {
             let limits = &self.settings.limits;
             let mut retries = 0;
             loop {
-                match self.attempt(ctx, request, attempts).await {
+                let backoff = match self.attempt(ctx, request, attempts).await {
                     Ok(response) => {
                         self.breaker.success(admission);
                         return Ok(response);
@@ -692,20 +692,23 @@ impl SourceGuard {
                             && retries < limits.max_retries
                             && ctx.remaining() > backoff
                             && self.budget.withdraw();
-                        if retry {
-                            retries += 1;
-                            tracing::debug!(source = %self.spec.id, error = %e, retries, "retrying");
-                            tokio::time::sleep(backoff).await;
-                            continue;
+                        if !retry {
+                            match e {
+                                // The source answered: it is up.
+                                AdapterError::Rejected(_) => self.breaker.success(admission),
+                                _ => self.breaker.failure(admission),
+                            }
+                            return Err(GuardError::Source(e));
                         }
-                        match e {
-                            // The source answered: it is up.
-                            AdapterError::Rejected(_) => self.breaker.success(admission),
-                            _ => self.breaker.failure(admission),
-                        }
-                        return Err(GuardError::Source(e));
+                        retries += 1;
+                        tracing::debug!(source = %self.spec.id, error = %e, retries, "retrying");
+                        backoff
                     }
-                }
+                };
+                // Boxed, and waited for with nothing of the failed attempt
+                // held: retries are rare, and their timer inline would be
+                // in every waiting call.
+                Box::pin(tokio::time::sleep(backoff)).await;
             }
         }
     }
