@@ -1699,8 +1699,8 @@ fn lookup_request(
 /// waits all end by then).
 ///
 /// An `async move` block rather than an `async fn`, which would hold its
-/// arguments twice, and the request made before: 27 of these wait per
-/// verification (docs/benchmarks.md, S5).
+/// arguments twice, and the request built by the caller rather than
+/// inside: 27 of these wait per verification (docs/benchmarks.md, S5).
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn holds its arguments twice"
