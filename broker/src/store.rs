@@ -9,8 +9,26 @@
 //! every caller learns the outcome of its own row. Each report is durable
 //! when its `put` returns, as before; under load the disk is synced once per
 //! batch instead of once per report.
+//!
+//! # Written while its record commits
+//! A verification's report is written while its access record commits
+//! ([`ReportStore::put_unrecorded`]), not after it: one commit wait per
+//! verification instead of two. Until [`ReportStore::recorded`] says the
+//! record has committed, the report is *hidden*: no read returns it, as if
+//! it were not stored. When the record fails, [`ReportStore::discard`]
+//! deletes it. Such a row is written with `recorded = 0`; the flag is set
+//! lazily, in the writer's next transaction, and only a broker that stopped
+//! in between finds a row still at 0: it keeps the row if the audit log
+//! holds its record and deletes it otherwise
+//! ([`crate::verify::Verifier::settle_unrecorded`]), before it serves.
 
-use std::{collections::HashMap, path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use hedui_proto::v1::Report;
 use prost::Message;
@@ -51,16 +69,20 @@ pub enum StoreError {
 pub struct ReportStore {
     pool: SqlitePool,
     /// To the task that writes reports ([group commit](self#group-commit)).
-    writer: mpsc::Sender<Put>,
+    writer: mpsc::Sender<Write>,
+    /// Reports written ahead of their access record that no read may
+    /// return yet ([written while its record commits](self#written-while-its-record-commits)).
+    hidden: Arc<Mutex<HashSet<String>>>,
 }
 
-/// The most reports written in one statement (7 parameters each, well
+/// The most reports written in one statement (8 parameters each, well
 /// under SQLite's limit of 32,766).
 const MAX_BATCH: usize = 256;
 
-/// One report waiting for the writer, and who waits for it.
+/// A report as the store writes it: [`StoredReport::new`] takes what the
+/// row needs of a report, so that the report itself need not be kept.
 #[derive(Debug)]
-struct Put {
+pub struct StoredReport {
     report_id: String,
     completed_ms: i64,
     verdict: i32,
@@ -68,74 +90,196 @@ struct Put {
     pending: bool,
     revision: u32,
     owner: String,
+}
+
+impl StoredReport {
+    /// The row of `report`, whose protobuf encoding is `body`
+    /// (`report.encode_to_vec()`), first returned to `owner`.
+    pub fn new(report: &Report, body: Vec<u8>, owner: &str) -> Self {
+        debug_assert_eq!(
+            body,
+            report.encode_to_vec(),
+            "body is the report's encoding"
+        );
+        let completed_ms = report
+            .completed_at
+            .as_ref()
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+            .unwrap_or_default();
+        Self {
+            report_id: report.report_id.clone(),
+            completed_ms,
+            verdict: report.verdict,
+            body,
+            pending: report.pending,
+            revision: report.revision,
+            owner: owner.to_owned(),
+        }
+    }
+
+    /// The report's id.
+    pub fn report_id(&self) -> &str {
+        &self.report_id
+    }
+}
+
+/// One report waiting for the writer, and who waits for it.
+#[derive(Debug)]
+struct Put {
+    row: StoredReport,
+    /// Whether its access record is known to be committed.
+    recorded: bool,
     /// Whether the row was written (`false`: a revision as late or later
     /// is stored), or why the batch failed.
     reply: oneshot::Sender<Result<bool, String>>,
 }
 
+/// What the writer is asked to do.
+#[derive(Debug)]
+enum Write {
+    /// Write a report.
+    Put(Put),
+    /// The access record of this report (written unrecorded) committed:
+    /// set its flag. Nobody waits for it.
+    Recorded(String),
+    /// The access record of this report (written unrecorded) failed:
+    /// delete it.
+    Discard(String, oneshot::Sender<Result<(), String>>),
+}
+
+/// The most writes of each kind done in one transaction.
+const MAX_FLAGS: usize = 1024;
+
 /// Writes what queues, a batch at a time, until every sender is gone.
-async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Put>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
+    let mut puts = Vec::with_capacity(MAX_BATCH);
+    let mut recorded = Vec::new();
+    let mut discards = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(put) => batch.push(put),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(write) = next.take() {
+            match write {
+                Write::Put(put) => puts.push(put),
+                Write::Recorded(id) => recorded.push(id),
+                Write::Discard(id, reply) => discards.push((id, reply)),
+            }
+            if puts.len() < MAX_BATCH && recorded.len() < MAX_FLAGS && discards.len() < MAX_FLAGS {
+                next = rx.try_recv().ok();
             }
         }
-        match insert(&pool, &batch).await {
+        match write_batch(&pool, &puts, &recorded, &discards).await {
             Ok(mut written) => {
-                for put in batch.drain(..) {
+                for put in puts.drain(..) {
                     // A row is written at most once: of two puts of the same
                     // report and revision in one batch, only the first is.
                     let done = written
-                        .get_mut(&(put.report_id, put.revision))
+                        .get_mut(&(put.row.report_id, put.row.revision))
                         .filter(|n| **n > 0)
                         .map(|n| *n -= 1)
                         .is_some();
                     let _ = put.reply.send(Ok(done));
                 }
+                for (_, reply) in discards.drain(..) {
+                    let _ = reply.send(Ok(()));
+                }
             }
             Err(e) => {
                 let message = e.to_string();
-                for put in batch.drain(..) {
+                tracing::warn!(error = %message, "report store write failed");
+                for put in puts.drain(..) {
                     let _ = put.reply.send(Err(message.clone()));
+                }
+                for (_, reply) in discards.drain(..) {
+                    let _ = reply.send(Err(message.clone()));
                 }
             }
         }
+        // A flag not set stays 0: the next start settles it from the
+        // audit log ([`ReportStore::unrecorded`]).
+        recorded.clear();
     }
+}
+
+/// Writes a batch in one transaction (one statement when there is one kind
+/// of write); how many rows of each report and revision were written.
+async fn write_batch(
+    pool: &SqlitePool,
+    puts: &[Put],
+    recorded: &[String],
+    discards: &[(String, oneshot::Sender<Result<(), String>>)],
+) -> Result<HashMap<(String, u32), usize>, sqlx::Error> {
+    let kinds = [!puts.is_empty(), !recorded.is_empty(), !discards.is_empty()];
+    if kinds.iter().filter(|k| **k).count() <= 1 {
+        return write_steps(&mut *pool.acquire().await?, puts, recorded, discards).await;
+    }
+    let mut tx = pool.begin().await?;
+    let written = write_steps(&mut tx, puts, recorded, discards).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// The statements of [`write_batch`], on one connection.
+async fn write_steps(
+    conn: &mut sqlx::SqliteConnection,
+    puts: &[Put],
+    recorded: &[String],
+    discards: &[(String, oneshot::Sender<Result<(), String>>)],
+) -> Result<HashMap<(String, u32), usize>, sqlx::Error> {
+    let written = if puts.is_empty() {
+        HashMap::new()
+    } else {
+        insert(&mut *conn, puts).await?
+    };
+    if !recorded.is_empty() {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("UPDATE reports SET recorded = 1 WHERE report_id IN ");
+        q.push_tuples(recorded, |mut t, id| {
+            t.push_bind(id);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    if !discards.is_empty() {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("DELETE FROM reports WHERE recorded = 0 AND report_id IN ");
+        q.push_tuples(discards, |mut t, (id, _)| {
+            t.push_bind(id);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(written)
 }
 
 /// Writes `batch` in one statement; how many rows of each report and
 /// revision were written.
 async fn insert(
-    pool: &SqlitePool,
+    conn: &mut sqlx::SqliteConnection,
     batch: &[Put],
 ) -> Result<HashMap<(String, u32), usize>, sqlx::Error> {
     // A later revision (a report completed after late answers) replaces
     // the stored one and keeps its owner; anything else is not written, and
     // not returned.
     let mut query = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO reports (report_id, completed_at, verdict, body, pending, revision, owner) ",
+        "INSERT INTO reports (report_id, completed_at, verdict, body, pending, revision, owner, recorded) ",
     );
     query.push_values(batch, |mut row, put| {
-        row.push_bind(&put.report_id)
-            .push_bind(put.completed_ms)
-            .push_bind(put.verdict)
-            .push_bind(&put.body)
-            .push_bind(i64::from(put.pending))
-            .push_bind(i64::from(put.revision))
-            .push_bind(&put.owner);
+        let r = &put.row;
+        row.push_bind(&r.report_id)
+            .push_bind(r.completed_ms)
+            .push_bind(r.verdict)
+            .push_bind(&r.body)
+            .push_bind(i64::from(r.pending))
+            .push_bind(i64::from(r.revision))
+            .push_bind(&r.owner)
+            .push_bind(i64::from(put.recorded));
     });
     query.push(
         " ON CONFLICT (report_id) DO UPDATE SET completed_at = excluded.completed_at, \
          verdict = excluded.verdict, body = excluded.body, pending = excluded.pending, \
-         revision = excluded.revision \
+         revision = excluded.revision, recorded = excluded.recorded \
          WHERE excluded.revision > reports.revision \
          RETURNING report_id, revision",
     );
-    let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(pool).await?;
+    let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(&mut *conn).await?;
     let mut written = HashMap::new();
     for (id, revision) in rows {
         let revision = u32::try_from(revision).unwrap_or(u32::MAX);
@@ -171,7 +315,11 @@ impl ReportStore {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let (writer, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_reports(pool.clone(), rx));
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            hidden: Arc::default(),
+        })
     }
 
     /// Stores a report (a later revision of one stored keeps its owner);
@@ -207,37 +355,125 @@ impl ReportStore {
         body: Vec<u8>,
         owner: &str,
     ) -> Result<(), StoreError> {
-        debug_assert_eq!(
-            body,
-            report.encode_to_vec(),
-            "body is the report's encoding"
-        );
-        let completed_ms = report
-            .completed_at
-            .as_ref()
-            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
-            .unwrap_or_default();
+        self.write(StoredReport::new(report, body, owner), true)
+            .await
+    }
+
+    /// Stores a report while its access record is being committed: it is
+    /// durable when this returns, but no read returns it until
+    /// [`Self::recorded`] is called, and [`Self::discard`] deletes it
+    /// ([written while its record commits](self#written-while-its-record-commits)).
+    ///
+    /// # Errors
+    /// As [`ReportStore::put`]; nothing is stored then.
+    pub async fn put_unrecorded(&self, row: StoredReport) -> Result<(), StoreError> {
+        let id = row.report_id.clone();
+        self.hidden().insert(id.clone());
+        let written = self.write(row, false).await;
+        if written.is_err() {
+            self.hidden().remove(&id);
+        }
+        written
+    }
+
+    /// The access record of a report stored by [`Self::put_unrecorded`]
+    /// has committed: reads return it from now on.
+    pub async fn recorded(&self, report_id: String) {
+        self.hidden().remove(&report_id);
+        // Nobody waits for the flag; if it is not written, the next start
+        // sets it from the audit log.
+        let _ = self.writer.send(Write::Recorded(report_id)).await;
+    }
+
+    /// The access record of a report stored by [`Self::put_unrecorded`]
+    /// failed: deletes the report. When the deletion fails, the report
+    /// stays hidden, and the next start deletes it.
+    ///
+    /// # Errors
+    /// [`StoreError::Write`] when the report could not be deleted.
+    pub async fn discard(&self, report_id: String) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        let stopped = || StoreError::Write("the report writer has stopped".to_owned());
+        self.writer
+            .send(Write::Discard(report_id.clone(), reply))
+            .await
+            .map_err(|_| stopped())?;
+        done.await
+            .map_err(|_| stopped())?
+            .map_err(StoreError::Write)?;
+        self.hidden().remove(&report_id);
+        Ok(())
+    }
+
+    /// Reports written by [`Self::put_unrecorded`] whose flag was never
+    /// set (the broker stopped first), with the time each was completed
+    /// (ms since the epoch).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn unrecorded(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT report_id, completed_at FROM reports WHERE recorded = 0")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Settles what [`Self::unrecorded`] listed, in one transaction: the
+    /// reports in `recorded` are kept (their flag set), the others
+    /// deleted. How many were deleted.
+    ///
+    /// # Errors
+    /// When the store cannot be written; nothing is changed then.
+    pub async fn settle(
+        &self,
+        unrecorded: &[(String, i64)],
+        recorded: &HashSet<String>,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for (id, _) in unrecorded {
+            let sql = if recorded.contains(id) {
+                "UPDATE reports SET recorded = 1 WHERE report_id = ?"
+            } else {
+                deleted += 1;
+                "DELETE FROM reports WHERE report_id = ? AND recorded = 0"
+            };
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    fn hidden(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.hidden.lock().expect("hidden reports lock")
+    }
+
+    fn is_hidden(&self, report_id: &str) -> bool {
+        self.hidden().contains(report_id)
+    }
+
+    async fn write(&self, row: StoredReport, recorded: bool) -> Result<(), StoreError> {
         let (reply, written) = oneshot::channel();
+        let (report_id, revision) = (row.report_id.clone(), row.revision);
         let put = Put {
-            report_id: report.report_id.clone(),
-            completed_ms,
-            verdict: report.verdict,
-            body,
-            pending: report.pending,
-            revision: report.revision,
-            owner: owner.to_owned(),
+            row,
+            recorded,
             reply,
         };
         let stopped = || StoreError::Write("the report writer has stopped".to_owned());
-        self.writer.send(put).await.map_err(|_| stopped())?;
+        self.writer
+            .send(Write::Put(put))
+            .await
+            .map_err(|_| stopped())?;
         if !written
             .await
             .map_err(|_| stopped())?
             .map_err(StoreError::Write)?
         {
             return Err(StoreError::Stale {
-                report_id: report.report_id.clone(),
-                revision: report.revision,
+                report_id,
+                revision,
             });
         }
         Ok(())
@@ -259,6 +495,7 @@ impl ReportStore {
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter()
+            .filter(|(id, _)| !self.is_hidden(id))
             .map(|(id, body)| Report::decode(body.as_slice()).map_err(|_| StoreError::Corrupt(id)))
             .collect()
     }
@@ -268,6 +505,9 @@ impl ReportStore {
     /// # Errors
     /// [`StoreError`] when the read fails or the stored bytes do not decode.
     pub async fn get(&self, report_id: &str) -> Result<Option<Report>, StoreError> {
+        if self.is_hidden(report_id) {
+            return Ok(None);
+        }
         let row: Option<(Vec<u8>,)> =
             sqlx::query_as("SELECT body FROM reports WHERE report_id = ?")
                 .bind(report_id)
@@ -284,6 +524,9 @@ impl ReportStore {
     /// # Errors
     /// As [`ReportStore::get`].
     pub async fn get_owned(&self, report_id: &str) -> Result<Option<(Report, String)>, StoreError> {
+        if self.is_hidden(report_id) {
+            return Ok(None);
+        }
         let row: Option<(Vec<u8>, String)> =
             sqlx::query_as("SELECT body, owner FROM reports WHERE report_id = ?")
                 .bind(report_id)
@@ -394,6 +637,111 @@ mod tests {
         assert!(
             matches!(&e, StoreError::Write(m) if m.contains("reports")),
             "{e}"
+        );
+    }
+
+    async fn rows(store: &ReportStore) -> Vec<(String, i64)> {
+        sqlx::query_as("SELECT report_id, recorded FROM reports ORDER BY report_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+    }
+
+    fn report(id: &str) -> Report {
+        Report {
+            report_id: id.into(),
+            pending: true,
+            ..Default::default()
+        }
+    }
+
+    fn row(id: &str) -> StoredReport {
+        let r = report(id);
+        StoredReport::new(&r, r.encode_to_vec(), "p")
+    }
+
+    #[tokio::test]
+    async fn a_report_written_ahead_of_its_record_is_read_by_nobody_until_recorded() {
+        let store = ReportStore::open(Path::new(":memory:")).await.unwrap();
+        store.put_unrecorded(row("a")).await.unwrap();
+        // Durable, but hidden from every read.
+        assert_eq!(rows(&store).await, [("a".to_owned(), 0)]);
+        assert_eq!(store.get("a").await.unwrap(), None);
+        assert_eq!(store.get_owned("a").await.unwrap(), None);
+        assert_eq!(store.pending().await.unwrap(), []);
+        assert_eq!(store.unrecorded().await.unwrap().len(), 1);
+        store.recorded("a".into()).await;
+        assert_eq!(store.get("a").await.unwrap(), Some(report("a")));
+        assert_eq!(store.pending().await.unwrap(), [report("a")]);
+        // The flag is set in the writer's next transaction.
+        store.put(&report("b")).await.unwrap();
+        assert_eq!(
+            rows(&store).await,
+            [("a".to_owned(), 1), ("b".to_owned(), 1)]
+        );
+        assert_eq!(store.unrecorded().await.unwrap(), []);
+    }
+
+    #[tokio::test]
+    async fn a_report_whose_record_failed_is_deleted() {
+        let store = ReportStore::open(Path::new(":memory:")).await.unwrap();
+        store.put(&report("kept")).await.unwrap();
+        store.put_unrecorded(row("a")).await.unwrap();
+        store.discard("a".into()).await.unwrap();
+        assert_eq!(rows(&store).await, [("kept".to_owned(), 1)]);
+        assert_eq!(store.get("a").await.unwrap(), None);
+        // Discarding touches only reports written ahead of their record.
+        store.discard("kept".into()).await.unwrap();
+        assert_eq!(rows(&store).await, [("kept".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_report_that_cannot_be_deleted_stays_hidden() {
+        let store = ReportStore::open(Path::new(":memory:")).await.unwrap();
+        store.put_unrecorded(row("a")).await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER no_delete BEFORE DELETE ON reports \
+             BEGIN SELECT RAISE(ABORT, 'deletes refused'); END",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let e = store.discard("a".into()).await.unwrap_err();
+        assert!(e.to_string().contains("deletes refused"), "{e}");
+        assert_eq!(rows(&store).await, [("a".to_owned(), 0)]);
+        assert_eq!(store.get("a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_report_not_written_is_not_hidden_either() {
+        let store = ReportStore::open(Path::new(":memory:")).await.unwrap();
+        store.put(&report("a")).await.unwrap();
+        // The same id again is refused: nothing of it is hidden.
+        assert!(matches!(
+            store.put_unrecorded(row("a")).await,
+            Err(StoreError::Stale { .. })
+        ));
+        assert_eq!(store.get("a").await.unwrap(), Some(report("a")));
+    }
+
+    #[tokio::test]
+    async fn settling_keeps_what_was_recorded_and_deletes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let store = ReportStore::open(&path).await.unwrap();
+        store.put_unrecorded(row("a")).await.unwrap();
+        store.put_unrecorded(row("b")).await.unwrap();
+        store.put(&report("c")).await.unwrap();
+        store.close().await;
+        // The broker stopped before it learnt either record's outcome.
+        let store = ReportStore::open(&path).await.unwrap();
+        let unrecorded = store.unrecorded().await.unwrap();
+        assert_eq!(unrecorded.len(), 2);
+        let recorded = HashSet::from(["a".to_owned()]);
+        assert_eq!(store.settle(&unrecorded, &recorded).await.unwrap(), 1);
+        assert_eq!(
+            rows(&store).await,
+            [("a".to_owned(), 1), ("c".to_owned(), 1)]
         );
     }
 

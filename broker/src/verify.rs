@@ -18,6 +18,7 @@
 //! asked ([`crate::consent`]).
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -47,7 +48,7 @@ use crate::{
         household::{SourceOutcome, resolve_household},
         policy::PolicySet,
     },
-    store::ReportStore,
+    store::{ReportStore, StoreError, StoredReport},
     time::{china_today, timestamp},
 };
 
@@ -920,19 +921,30 @@ impl Verifier {
                             those answers were dropped unread and the sources asked again"
                 .into();
         }
-        Box::pin(self.audit.record(entry)).await.map_err(|e| {
-            warn!(error = %e, "access not recorded; the report does not leave");
-            VerifyError::AuditUnavailable(e)
-        })?;
         if report.pending {
             // Watchers subscribe before they read the store: registered
             // before the report is stored, none misses the completion.
             self.watchers.register(&report_id, report.clone());
         }
-        if let Err(e) = Box::pin(self.store.put_encoded(&report, encoded, caller.owner())).await {
-            warn!(error = %e, "report not stored, verification fails");
+        // The record and the report are written at once, the report hidden
+        // until the record has committed; in a task of their own, so that
+        // a caller who goes away cannot leave the report hidden.
+        let written = tokio::spawn(record_and_store(
+            self.audit.clone(),
+            self.store.clone(),
+            entry,
+            StoredReport::new(&report, encoded, caller.owner()),
+        ))
+        .await
+        .unwrap_or_else(|e| match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(VerifyError::StoreUnavailable(StoreError::Write(
+                "the broker is stopping".to_owned(),
+            ))),
+        });
+        if let Err(e) = written {
             self.watchers.remove(&report_id);
-            return Err(VerifyError::StoreUnavailable(e));
+            return Err(e);
         }
         if report.pending {
             let completion = Completion {
@@ -1033,6 +1045,66 @@ impl Verifier {
         self.watchers.complete(&report_id, report);
     }
 
+    /// Settles the reports an earlier run of the broker wrote ahead of
+    /// their access record and stopped before it knew the outcome
+    /// ([`crate::store`]): a report is kept when the audit log holds its
+    /// record, deleted when it does not (it never left). How many were
+    /// deleted. [`Verifier::close_abandoned`] does this first.
+    ///
+    /// # Errors
+    /// When the store or the audit log fails; nothing is changed then.
+    pub async fn settle_unrecorded(&self) -> Result<usize, VerifyError> {
+        let unrecorded = self
+            .store
+            .unrecorded()
+            .await
+            .map_err(VerifyError::StoreUnavailable)?;
+        let Some(first) = unrecorded.iter().map(|(_, ms)| *ms).min() else {
+            return Ok(0);
+        };
+        let mut wanted: HashSet<&str> = unrecorded.iter().map(|(id, _)| id.as_str()).collect();
+        let mut recorded = HashSet::new();
+        // A record is made after its report is completed, on the same
+        // clock; the margin allows for the clock being set back.
+        let mut filter = crate::audit::store::Filter {
+            kind: Some(Kind::Verification.name().to_owned()),
+            from_ms: Some(first.saturating_sub(SETTLE_MARGIN_MS)),
+            limit: SETTLE_PAGE,
+            ..Default::default()
+        };
+        while !wanted.is_empty() {
+            let rows = self
+                .audit
+                .backend()
+                .query(&filter)
+                .await
+                .map_err(VerifyError::AuditUnavailable)?;
+            for row in &rows {
+                if wanted.remove(row.request_id.as_str()) {
+                    recorded.insert(row.request_id.clone());
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == SETTLE_PAGE as usize => {
+                    filter.before_seq = Some(last.seq);
+                }
+                _ => break,
+            }
+        }
+        let deleted = self
+            .store
+            .settle(&unrecorded, &recorded)
+            .await
+            .map_err(VerifyError::StoreUnavailable)?;
+        if deleted > 0 {
+            warn!(
+                reports = deleted,
+                "deleted reports an earlier run stored whose access record never committed"
+            );
+        }
+        Ok(deleted)
+    }
+
     /// Closes reports left pending by an earlier run of the broker (it
     /// stopped before their late answers arrived): their pending sources
     /// become `TIMEOUT`, recorded as a completion. What depended on them
@@ -1041,6 +1113,7 @@ impl Verifier {
     /// # Errors
     /// When the store or the audit log fails.
     pub async fn close_abandoned(&self) -> Result<usize, VerifyError> {
+        self.settle_unrecorded().await?;
         let abandoned = self
             .store
             .pending()
@@ -1409,6 +1482,49 @@ impl Watchers {
         let tx = self.map.lock().expect("watchers lock").remove(report_id);
         if let Some(tx) = tx {
             tx.send_replace(report);
+        }
+    }
+}
+
+/// How far before the first unsettled report [`Verifier::settle_unrecorded`]
+/// looks for records, ms.
+const SETTLE_MARGIN_MS: i64 = 10 * 60 * 1000;
+/// Records read at a time by [`Verifier::settle_unrecorded`].
+const SETTLE_PAGE: u32 = 1000;
+
+/// Commits a verification's access record and writes its report at once:
+/// one commit wait instead of two. The report stays hidden until the
+/// record has committed, and is deleted when the record fails: no report
+/// can be read before its record ([`crate::store`]).
+async fn record_and_store(
+    audit: AuditLog,
+    store: ReportStore,
+    entry: Entry,
+    row: StoredReport,
+) -> Result<(), VerifyError> {
+    let report_id = row.report_id().to_owned();
+    let (recorded, stored) = tokio::join!(audit.record(entry), store.put_unrecorded(row));
+    match (recorded, stored) {
+        (Ok(_), Ok(())) => {
+            store.recorded(report_id).await;
+            Ok(())
+        }
+        (Ok(_), Err(e)) => {
+            warn!(error = %e, "report not stored, verification fails");
+            Err(VerifyError::StoreUnavailable(e))
+        }
+        (Err(e), stored) => {
+            warn!(error = %e, "access not recorded; the report does not leave");
+            if stored.is_ok()
+                && let Err(d) = store.discard(report_id).await
+            {
+                tracing::error!(
+                    error = %d,
+                    "a report whose access was not recorded could not be deleted; \
+                     it stays hidden, and the next start deletes it"
+                );
+            }
+            Err(VerifyError::AuditUnavailable(e))
         }
     }
 }
@@ -2069,6 +2185,9 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, VerifyError::AuditUnavailable(_)), "{err}");
         assert_eq!(register.calls.load(Ordering::SeqCst), 1);
+        // The report, written while its record was tried, is deleted.
+        assert_eq!(stored_reports(&v).await, 0);
+        assert_eq!(v.store().unrecorded().await.unwrap(), []);
         // A streaming caller gets not even the household: its opening
         // record could not be committed.
         let (tx, mut rx) = mpsc::channel(64);
@@ -2082,6 +2201,98 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, VerifyError::AuditUnavailable(_)), "{err}");
         assert!(rx.try_recv().is_err(), "an event left unrecorded");
+    }
+
+    async fn stored_reports(v: &Verifier) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM reports")
+            .fetch_one(v.store().pool())
+            .await
+            .unwrap();
+        n
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_stored_before_its_record_commits_is_not_served_until_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::audit::testkit::TestStore::sqlite(
+            dir.path(),
+            "audit",
+            crate::audit::crypto::Suite::Sha256Ed25519,
+        );
+        let (mut v, _) = raw_verifier(Duration::ZERO).await;
+        v.audit = store.open().await.unwrap();
+        let v = Arc::new(v);
+        // Another connection holds the audit database's write lock: the
+        // record waits (up to the log's busy timeout, 5 s).
+        use sqlx::Connection as _;
+        let mut lock = sqlx::SqliteConnection::connect_with(
+            &sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("audit.db")),
+        )
+        .await
+        .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        let run = tokio::spawn({
+            let v = v.clone();
+            async move {
+                v.run(v.validate(Some(request()), None).unwrap(), &caller(), None)
+                    .await
+            }
+        });
+        let mut id = None;
+        for _ in 0..300 {
+            let row: Option<(String,)> = sqlx::query_as("SELECT report_id FROM reports")
+                .fetch_optional(v.store().pool())
+                .await
+                .unwrap();
+            if let Some((found,)) = row {
+                id = Some(found);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let id = id.expect("the report is written while its record waits");
+        assert!(!run.is_finished(), "the report left before its record");
+        assert_eq!(v.store().get(&id).await.unwrap(), None);
+        assert_eq!(v.store().get_owned(&id).await.unwrap(), None);
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+        let report = run.await.unwrap().unwrap();
+        assert_eq!(report.report_id, id);
+        assert_eq!(v.store().get(&id).await.unwrap(), Some(report));
+    }
+
+    #[tokio::test]
+    async fn reports_an_earlier_run_wrote_ahead_of_a_record_it_never_committed_are_deleted_on_start()
+     {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let recorded = v
+            .run(v.validate(Some(request()), None).unwrap(), &caller(), None)
+            .await
+            .unwrap();
+        // As if the broker had stopped before it set the report's flag...
+        sqlx::query("UPDATE reports SET recorded = 0")
+            .execute(v.store().pool())
+            .await
+            .unwrap();
+        // ...and before the record of another report committed.
+        let mut lost = recorded.clone();
+        lost.report_id = uuid::Uuid::new_v4().to_string();
+        let body = lost.encode_to_vec();
+        v.store()
+            .put_unrecorded(StoredReport::new(&lost, body, "127.0.0.1"))
+            .await
+            .unwrap();
+        assert_eq!(v.store().unrecorded().await.unwrap().len(), 2);
+        assert_eq!(v.close_abandoned().await.unwrap(), 0);
+        assert_eq!(v.store().unrecorded().await.unwrap(), []);
+        assert_eq!(stored_reports(&v).await, 1);
+        assert_eq!(
+            v.store().get(&recorded.report_id).await.unwrap(),
+            Some(recorded)
+        );
+        assert_eq!(v.settle_unrecorded().await.unwrap(), 0);
     }
 
     #[tokio::test]
