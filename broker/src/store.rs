@@ -68,6 +68,8 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct ReportStore {
     pool: SqlitePool,
+    /// The writer's own connection (the same as `pool` in memory).
+    write_pool: SqlitePool,
     /// To the task that writes reports ([group commit](self#group-commit)).
     writer: mpsc::Sender<Write>,
     /// Reports written ahead of their access record that no read may
@@ -309,14 +311,25 @@ impl ReportStore {
         // One connection for an in-memory database: every connection would
         // otherwise see its own empty database.
         let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 8 })
-            .connect_with(options)
+            .max_connections(if memory { 1 } else { 7 })
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        // The writer commits on a connection of its own, whose page cache
+        // no other connection's write drops (as the audit log's writer).
+        let write_pool = if memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?
+        };
         let (writer, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_reports(pool.clone(), rx));
+        tokio::spawn(write_reports(write_pool.clone(), rx));
         Ok(Self {
             pool,
+            write_pool,
             writer,
             hidden: Arc::default(),
         })
@@ -542,6 +555,7 @@ impl ReportStore {
 
     /// Closes the pool, waiting for writes in progress.
     pub async fn close(&self) {
+        self.write_pool.close().await;
         self.pool.close().await;
     }
 }

@@ -60,6 +60,10 @@ impl PostgresAudit {
     async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
     }
+
+    async fn close_pools(&self) {
+        self.pool.close().await;
+    }
 }
 
 /// Whether `s` is a plain SQL identifier (it is spliced into SQL).

@@ -14,7 +14,15 @@ use super::{AuditError, store::shared_sql};
 /// The audit store in a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteAudit {
+    /// For reads (queries, the readiness ping, the checkpoints of the WAL).
     pool: SqlitePool,
+    /// The one connection the writer commits on. SQLite drops a
+    /// connection's page cache whenever another connection has written
+    /// since its last transaction; the writer on a pooled connection took
+    /// whichever was idle, and so started most commits with an empty cache
+    /// and read the tables' upper pages again. On a connection of its own
+    /// its cache stays warm. (In memory, the same single connection.)
+    writer: SqlitePool,
 }
 
 impl SqliteAudit {
@@ -49,19 +57,32 @@ impl SqliteAudit {
                 .pragma("temp_store", "memory")
         }
         .busy_timeout(Duration::from_secs(5));
+        // One connection for an in-memory database: every connection would
+        // otherwise see its own empty database.
         let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 4 })
-            .connect_with(options)
+            .max_connections(if memory { 1 } else { 3 })
+            .connect_with(options.clone())
             .await?;
         migrator().run(&pool).await?;
-        if !memory {
+        let writer = if memory {
+            pool.clone()
+        } else {
             tokio::spawn(checkpoint_wal(pool.clone()));
-        }
-        Ok(Self { pool })
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?
+        };
+        Ok(Self { pool, writer })
     }
 
     async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn close_pools(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
     }
 }
 

@@ -625,7 +625,7 @@ macro_rules! shared_sql {
             }
 
             async fn close(&self) {
-                self.pool.close().await;
+                self.close_pools().await;
             }
         }
     };
