@@ -96,6 +96,23 @@ fn pin(pid: u32, cores: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cores `pid` may run on, as `taskset -p -c` lists them (`0,1`,
+/// `0-3`).
+fn affinity(pid: u32) -> anyhow::Result<String> {
+    let out = std::process::Command::new("taskset")
+        .args(["-p", "-c", &pid.to_string()])
+        .output()
+        .context("taskset (util-linux) is needed to place the broker and the load generator")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "pid 42's current affinity list: 0,1"
+    match text.rsplit_once(": ") {
+        Some((_, list)) if out.status.success() && !list.trim().is_empty() => {
+            Ok(list.trim().to_owned())
+        }
+        _ => bail!("taskset -p -c {pid}: unexpected output {text:?}"),
+    }
+}
+
 fn cpu_ms_per(pid: u32, since: f64, ops: u64) -> f64 {
     let now = procs::cpu_seconds(pid).unwrap_or(since);
     if ops == 0 {
@@ -160,6 +177,12 @@ pub(crate) async fn overload(bench: &mut Bench) -> anyhow::Result<Overload> {
     // switch between them on the one core).
     let me = std::process::id();
     let two = std::thread::available_parallelism().map_or(1, usize::from) >= 2;
+    // The cores to give the load generator back afterwards, read before it
+    // is pinned. (Until 2026-12-06 evening they were counted afterwards,
+    // with `available_parallelism`, which follows the affinity: the
+    // generator, and every broker it started after O1, stayed on core 0
+    // for the rest of the run.)
+    let cores = affinity(me)?;
     let broker = procs::start_broker_on(
         &bench.bins,
         bench.dir.path(),
@@ -240,11 +263,11 @@ pub(crate) async fn overload(bench: &mut Bench) -> anyhow::Result<Overload> {
     let after = bench.closed_loop(bench.duration(), call_again).await;
     broker.stop().await;
     if placement.starts_with("hedui") {
-        let all = format!(
-            "0-{}",
-            std::thread::available_parallelism().map_or(1, usize::from) - 1
-        );
-        pin(me, &all)?;
+        pin(me, &cores)?;
+        let now = affinity(me)?;
+        if now != cores {
+            bail!("O1: the load generator is on cores {now} after O1, on {cores} before it");
+        }
     }
 
     let shed = shed.load(Ordering::Relaxed);
@@ -474,4 +497,23 @@ pub(crate) async fn isolation(bench: &mut Bench, agencies: &Agencies) -> anyhow:
         healthy_flood: (healthy_whole, healthy_missing),
         saturated_flood: (sat_whole, sat_missing),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// nextest runs each test in a process of its own: pinning this one
+    /// moves no other test.
+    #[test]
+    fn the_cores_read_before_pinning_are_given_back() {
+        let me = std::process::id();
+        let cores = affinity(me).unwrap();
+        let first = cores.split([',', '-']).next().unwrap().to_owned();
+        pin(me, &first).unwrap();
+        assert_eq!(affinity(me).unwrap(), first);
+        pin(me, &cores).unwrap();
+        assert_eq!(affinity(me).unwrap(), cores);
+        assert!(affinity(u32::MAX).is_err(), "no such process");
+    }
 }
