@@ -94,6 +94,8 @@ pub(crate) struct Proc {
     /// Its ready line.
     pub(crate) ready: serde_json::Value,
     log: PathBuf,
+    /// A broker's directory, whose databases [`Proc::stop`] deletes.
+    data: Option<PathBuf>,
 }
 
 impl Proc {
@@ -147,6 +149,7 @@ impl Proc {
             pid,
             ready,
             log,
+            data: None,
         })
     }
 
@@ -181,8 +184,34 @@ impl Proc {
     }
 
     /// Kills it and waits for it.
+    /// Kills the process and, for a broker, deletes its databases (its
+    /// configuration and log stay): the pages a scenario wrote and the
+    /// kernel has not yet written back go with the files, instead of being
+    /// written back while the next scenario's broker waits for its own
+    /// commits.
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
+        if let Some(dir) = &self.data {
+            remove_databases(dir);
+        }
+    }
+}
+
+/// Deletes the SQLite files (`*.db`, `*.db-wal`, `*.db-shm`) in `dir`.
+fn remove_databases(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if [".db", ".db-wal", ".db-shm"]
+            .iter()
+            .any(|end| name.ends_with(end))
+            && let Err(e) = std::fs::remove_file(entry.path())
+        {
+            eprintln!("cannot delete {}: {e}", entry.path().display());
+        }
     }
 }
 
@@ -297,13 +326,15 @@ pub(crate) async fn start_broker_on(
         // The benchmarks measure the broker's work, not TLS.
         .arg("--insecure-plaintext-development-only")
         .current_dir(&sub);
-    Proc::spawn(
+    let mut proc = Proc::spawn(
         command,
         &format!("hedui ({name})"),
         sub.join("hedui.log"),
         false,
     )
-    .await
+    .await?;
+    proc.data = Some(sub);
+    Ok(proc)
 }
 
 /// Starts this binary's echo server (baseline A).
