@@ -17,7 +17,7 @@
 //! record has committed, the report is *hidden*: no read returns it, as if
 //! it were not stored. When the record fails, [`ReportStore::discard`]
 //! deletes it. Such a row is written with `recorded = 0`; the flag is set
-//! lazily, in the writer's next transaction, and only a broker that stopped
+//! lazily, by the writer within a second, and only a broker that stopped
 //! in between finds a row still at 0: it keeps the row if the audit log
 //! holds its record and deletes it otherwise
 //! ([`crate::verify::Verifier::settle_unrecorded`]), before it serves.
@@ -152,12 +152,34 @@ enum Write {
 /// The most writes of each kind done in one transaction.
 const MAX_FLAGS: usize = 1024;
 
+/// How long the flags of recorded reports wait to be written together:
+/// nobody waits for them, and written with every batch they made each
+/// commit a transaction of four statements instead of one.
+const FLAG_EVERY: Duration = Duration::from_secs(1);
+
 /// Writes what queues, a batch at a time, until every sender is gone.
 async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
     let mut puts = Vec::with_capacity(MAX_BATCH);
     let mut recorded = Vec::new();
     let mut discards = Vec::new();
-    while let Some(first) = rx.recv().await {
+    // When the flags waiting in `recorded` are written, at the latest.
+    let mut flags_due: Option<tokio::time::Instant> = None;
+    loop {
+        let first = match flags_due {
+            Some(due) => tokio::select! {
+                write = rx.recv() => write,
+                () = tokio::time::sleep_until(due) => {
+                    write_flags(&pool, &mut recorded).await;
+                    flags_due = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = first else {
+            write_flags(&pool, &mut recorded).await;
+            return;
+        };
         let mut next = Some(first);
         while let Some(write) = next.take() {
             match write {
@@ -169,37 +191,56 @@ async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
                 next = rx.try_recv().ok();
             }
         }
-        match write_batch(&pool, &puts, &recorded, &discards).await {
-            Ok(mut written) => {
-                for put in puts.drain(..) {
-                    // A row is written at most once: of two puts of the same
-                    // report and revision in one batch, only the first is.
-                    let done = written
-                        .get_mut(&(put.row.report_id, put.row.revision))
-                        .filter(|n| **n > 0)
-                        .map(|n| *n -= 1)
-                        .is_some();
-                    let _ = put.reply.send(Ok(done));
+        if !puts.is_empty() || !discards.is_empty() {
+            match write_batch(&pool, &puts, &[], &discards).await {
+                Ok(mut written) => {
+                    for put in puts.drain(..) {
+                        // A row is written at most once: of two puts of the
+                        // same report and revision in one batch, only the
+                        // first is.
+                        let done = written
+                            .get_mut(&(put.row.report_id, put.row.revision))
+                            .filter(|n| **n > 0)
+                            .map(|n| *n -= 1)
+                            .is_some();
+                        let _ = put.reply.send(Ok(done));
+                    }
+                    for (_, reply) in discards.drain(..) {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
-                for (_, reply) in discards.drain(..) {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(error = %message, "report store write failed");
-                for put in puts.drain(..) {
-                    let _ = put.reply.send(Err(message.clone()));
-                }
-                for (_, reply) in discards.drain(..) {
-                    let _ = reply.send(Err(message.clone()));
+                Err(e) => {
+                    let message = e.to_string();
+                    tracing::warn!(error = %message, "report store write failed");
+                    for put in puts.drain(..) {
+                        let _ = put.reply.send(Err(message.clone()));
+                    }
+                    for (_, reply) in discards.drain(..) {
+                        let _ = reply.send(Err(message.clone()));
+                    }
                 }
             }
         }
-        // A flag not set stays 0: the next start settles it from the
-        // audit log ([`ReportStore::unrecorded`]).
-        recorded.clear();
+        if recorded.len() >= MAX_FLAGS {
+            write_flags(&pool, &mut recorded).await;
+            flags_due = None;
+        } else if !recorded.is_empty() && flags_due.is_none() {
+            flags_due = Some(tokio::time::Instant::now() + FLAG_EVERY);
+        }
     }
+}
+
+/// Sets the flags of the reports in `recorded` and empties it. A flag not
+/// set stays 0: the next start settles it from the audit log
+/// ([`ReportStore::unrecorded`]).
+async fn write_flags(pool: &SqlitePool, recorded: &mut Vec<String>) {
+    if recorded.is_empty() {
+        return;
+    }
+    if let Err(e) = write_batch(pool, &[], recorded, &[]).await {
+        tracing::debug!(error = %e, "recorded flags not written; the next start settles them");
+    }
+    recorded.clear();
 }
 
 /// Writes a batch in one transaction (one statement when there is one kind
@@ -687,13 +728,20 @@ mod tests {
         store.recorded("a".into()).await;
         assert_eq!(store.get("a").await.unwrap(), Some(report("a")));
         assert_eq!(store.pending().await.unwrap(), [report("a")]);
-        // The flag is set in the writer's next transaction.
+        // The flag is written apart, within FLAG_EVERY.
         store.put(&report("b")).await.unwrap();
+        let started = std::time::Instant::now();
+        while !store.unrecorded().await.unwrap().is_empty() {
+            assert!(
+                started.elapsed() < FLAG_EVERY * 5,
+                "the flag was not written"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(
             rows(&store).await,
             [("a".to_owned(), 1), ("b".to_owned(), 1)]
         );
-        assert_eq!(store.unrecorded().await.unwrap(), []);
     }
 
     #[tokio::test]
