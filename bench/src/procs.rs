@@ -183,8 +183,7 @@ impl Proc {
         Ok(())
     }
 
-    /// Kills it and waits for it.
-    /// Kills the process and, for a broker, deletes its databases (its
+    /// Kills it, waits for it and, for a broker, deletes its databases (its
     /// configuration and log stay): the pages a scenario wrote and the
     /// kernel has not yet written back go with the files, instead of being
     /// written back while the next scenario's broker waits for its own

@@ -144,12 +144,9 @@ enum Write {
     /// The access record of this report (written unrecorded) committed:
     /// set its flag. Nobody waits for it.
     Recorded(String),
-    /// The access record of this report (written unrecorded) failed:
-    /// delete it.
-    Discard(String, oneshot::Sender<Result<(), String>>),
 }
 
-/// The most writes of each kind done in one transaction.
+/// The most flags written in one statement.
 const MAX_FLAGS: usize = 1024;
 
 /// How long the flags of recorded reports wait to be written together:
@@ -161,7 +158,6 @@ const FLAG_EVERY: Duration = Duration::from_secs(1);
 async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
     let mut puts = Vec::with_capacity(MAX_BATCH);
     let mut recorded = Vec::new();
-    let mut discards = Vec::new();
     // When the flags waiting in `recorded` are written, at the latest.
     let mut flags_due: Option<tokio::time::Instant> = None;
     loop {
@@ -185,14 +181,13 @@ async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
             match write {
                 Write::Put(put) => puts.push(put),
                 Write::Recorded(id) => recorded.push(id),
-                Write::Discard(id, reply) => discards.push((id, reply)),
             }
-            if puts.len() < MAX_BATCH && recorded.len() < MAX_FLAGS && discards.len() < MAX_FLAGS {
+            if puts.len() < MAX_BATCH && recorded.len() < MAX_FLAGS {
                 next = rx.try_recv().ok();
             }
         }
-        if !puts.is_empty() || !discards.is_empty() {
-            match write_batch(&pool, &puts, &[], &discards).await {
+        if !puts.is_empty() {
+            match insert(&pool, &puts).await {
                 Ok(mut written) => {
                     for put in puts.drain(..) {
                         // A row is written at most once: of two puts of the
@@ -205,18 +200,11 @@ async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
                             .is_some();
                         let _ = put.reply.send(Ok(done));
                     }
-                    for (_, reply) in discards.drain(..) {
-                        let _ = reply.send(Ok(()));
-                    }
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    tracing::warn!(error = %message, "report store write failed");
                     for put in puts.drain(..) {
                         let _ = put.reply.send(Err(message.clone()));
-                    }
-                    for (_, reply) in discards.drain(..) {
-                        let _ = reply.send(Err(message.clone()));
                     }
                 }
             }
@@ -230,72 +218,27 @@ async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
-/// Sets the flags of the reports in `recorded` and empties it. A flag not
-/// set stays 0: the next start settles it from the audit log
-/// ([`ReportStore::unrecorded`]).
+/// Sets the flags of the reports in `recorded`, in one statement, and
+/// empties it. A flag not set stays 0: the next start settles it from the
+/// audit log ([`ReportStore::unrecorded`]).
 async fn write_flags(pool: &SqlitePool, recorded: &mut Vec<String>) {
     if recorded.is_empty() {
         return;
     }
-    if let Err(e) = write_batch(pool, &[], recorded, &[]).await {
+    let mut q = QueryBuilder::<Sqlite>::new("UPDATE reports SET recorded = 1 WHERE report_id IN ");
+    q.push_tuples(recorded.iter(), |mut t, id| {
+        t.push_bind(id);
+    });
+    if let Err(e) = q.build().execute(pool).await {
         tracing::debug!(error = %e, "recorded flags not written; the next start settles them");
     }
     recorded.clear();
 }
 
-/// Writes a batch in one transaction (one statement when there is one kind
-/// of write); how many rows of each report and revision were written.
-async fn write_batch(
-    pool: &SqlitePool,
-    puts: &[Put],
-    recorded: &[String],
-    discards: &[(String, oneshot::Sender<Result<(), String>>)],
-) -> Result<HashMap<(String, u32), usize>, sqlx::Error> {
-    let kinds = [!puts.is_empty(), !recorded.is_empty(), !discards.is_empty()];
-    if kinds.iter().filter(|k| **k).count() <= 1 {
-        return write_steps(&mut *pool.acquire().await?, puts, recorded, discards).await;
-    }
-    let mut tx = pool.begin().await?;
-    let written = write_steps(&mut tx, puts, recorded, discards).await?;
-    tx.commit().await?;
-    Ok(written)
-}
-
-/// The statements of [`write_batch`], on one connection.
-async fn write_steps(
-    conn: &mut sqlx::SqliteConnection,
-    puts: &[Put],
-    recorded: &[String],
-    discards: &[(String, oneshot::Sender<Result<(), String>>)],
-) -> Result<HashMap<(String, u32), usize>, sqlx::Error> {
-    let written = if puts.is_empty() {
-        HashMap::new()
-    } else {
-        insert(&mut *conn, puts).await?
-    };
-    if !recorded.is_empty() {
-        let mut q =
-            QueryBuilder::<Sqlite>::new("UPDATE reports SET recorded = 1 WHERE report_id IN ");
-        q.push_tuples(recorded, |mut t, id| {
-            t.push_bind(id);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    if !discards.is_empty() {
-        let mut q =
-            QueryBuilder::<Sqlite>::new("DELETE FROM reports WHERE recorded = 0 AND report_id IN ");
-        q.push_tuples(discards, |mut t, (id, _)| {
-            t.push_bind(id);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(written)
-}
-
 /// Writes `batch` in one statement; how many rows of each report and
 /// revision were written.
 async fn insert(
-    conn: &mut sqlx::SqliteConnection,
+    pool: &SqlitePool,
     batch: &[Put],
 ) -> Result<HashMap<(String, u32), usize>, sqlx::Error> {
     // A later revision (a report completed after late answers) replaces
@@ -322,13 +265,34 @@ async fn insert(
          WHERE excluded.revision > reports.revision \
          RETURNING report_id, revision",
     );
-    let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(&mut *conn).await?;
+    let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(pool).await?;
     let mut written = HashMap::new();
     for (id, revision) in rows {
         let revision = u32::try_from(revision).unwrap_or(u32::MAX);
         *written.entry((id, revision)).or_insert(0) += 1;
     }
     Ok(written)
+}
+
+/// The pool a SQLite writer commits on: one connection of its own. SQLite
+/// drops a connection's page cache whenever another connection has written
+/// since its last transaction, and sqlx hands idle connections out first
+/// in, first out: a writer on a shared pool would start most commits with
+/// an empty cache and read the upper pages of its tables again. In memory,
+/// `pool` itself (one connection: every other would see its own empty
+/// database). The report store's and the audit log's writers use it.
+pub(crate) async fn writer_pool(
+    pool: &SqlitePool,
+    options: SqliteConnectOptions,
+    memory: bool,
+) -> Result<SqlitePool, sqlx::Error> {
+    if memory {
+        return Ok(pool.clone());
+    }
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
 }
 
 impl ReportStore {
@@ -356,16 +320,7 @@ impl ReportStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        // The writer commits on a connection of its own, whose page cache
-        // no other connection's write drops (as the audit log's writer).
-        let write_pool = if memory {
-            pool.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options)
-                .await?
-        };
+        let write_pool = writer_pool(&pool, options, memory).await?;
         let (writer, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_reports(write_pool.clone(), rx));
         Ok(Self {
@@ -444,17 +399,14 @@ impl ReportStore {
     /// stays hidden, and the next start deletes it.
     ///
     /// # Errors
-    /// [`StoreError::Write`] when the report could not be deleted.
+    /// [`StoreError::Database`] when the report could not be deleted.
     pub async fn discard(&self, report_id: String) -> Result<(), StoreError> {
-        let (reply, done) = oneshot::channel();
-        let stopped = || StoreError::Write("the report writer has stopped".to_owned());
-        self.writer
-            .send(Write::Discard(report_id.clone(), reply))
-            .await
-            .map_err(|_| stopped())?;
-        done.await
-            .map_err(|_| stopped())?
-            .map_err(StoreError::Write)?;
+        // Rare (the audit log failed): on a reader's connection, beside
+        // the writer, as `settle`.
+        sqlx::query("DELETE FROM reports WHERE report_id = ? AND recorded = 0")
+            .bind(&report_id)
+            .execute(&self.pool)
+            .await?;
         self.hidden().remove(&report_id);
         Ok(())
     }

@@ -2165,17 +2165,28 @@ mod tests {
         assert!(body.contains(&v.audit().digest(&report.encode_to_vec())));
     }
 
-    #[tokio::test]
-    async fn no_report_leaves_when_its_record_cannot_be_committed() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A verifier whose audit log is the SQLite file `dir/audit.db`.
+    async fn verifier_with_audit_file(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<Verifier>,
+        Arc<Register>,
+        crate::audit::testkit::TestStore,
+    ) {
         let store = crate::audit::testkit::TestStore::sqlite(
-            dir.path(),
+            dir,
             "audit",
             crate::audit::crypto::Suite::Sha256Ed25519,
         );
         let (mut v, register) = raw_verifier(Duration::ZERO).await;
         v.audit = store.open().await.unwrap();
-        let v = Arc::new(v);
+        (Arc::new(v), register, store)
+    }
+
+    #[tokio::test]
+    async fn no_report_leaves_when_its_record_cannot_be_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, register, store) = verifier_with_audit_file(dir.path()).await;
         // The store still answers (its head reads), but records cannot be
         // written: sources are asked, the report does not leave.
         store.exec("DROP TABLE audit_records").await.unwrap();
@@ -2214,14 +2225,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_report_stored_before_its_record_commits_is_not_served_until_it_has() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::audit::testkit::TestStore::sqlite(
-            dir.path(),
-            "audit",
-            crate::audit::crypto::Suite::Sha256Ed25519,
-        );
-        let (mut v, _) = raw_verifier(Duration::ZERO).await;
-        v.audit = store.open().await.unwrap();
-        let v = Arc::new(v);
+        let (v, _, _store) = verifier_with_audit_file(dir.path()).await;
         // Another connection holds the audit database's write lock: the
         // record waits (up to the log's busy timeout, 5 s).
         use sqlx::Connection as _;

@@ -16,12 +16,8 @@ use super::{AuditError, store::shared_sql};
 pub struct SqliteAudit {
     /// For reads (queries, the readiness ping, the checkpoints of the WAL).
     pool: SqlitePool,
-    /// The one connection the writer commits on. SQLite drops a
-    /// connection's page cache whenever another connection has written
-    /// since its last transaction; the writer on a pooled connection took
-    /// whichever was idle, and so started most commits with an empty cache
-    /// and read the tables' upper pages again. On a connection of its own
-    /// its cache stays warm. (In memory, the same single connection.)
+    /// The one connection the writer commits on
+    /// ([`crate::store::writer_pool`]).
     writer: SqlitePool,
 }
 
@@ -64,15 +60,10 @@ impl SqliteAudit {
             .connect_with(options.clone())
             .await?;
         migrator().run(&pool).await?;
-        let writer = if memory {
-            pool.clone()
-        } else {
+        if !memory {
             tokio::spawn(checkpoint_wal(pool.clone()));
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options)
-                .await?
-        };
+        }
+        let writer = crate::store::writer_pool(&pool, options, memory).await?;
         Ok(Self { pool, writer })
     }
 
