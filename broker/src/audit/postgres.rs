@@ -9,7 +9,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{AuditError, store::shared_sql};
+use super::{
+    AuditError,
+    store::{HeadTuple, Planner, head_of, shared_sql},
+};
 
 /// The audit store in a PostgreSQL schema.
 #[derive(Debug, Clone)]
@@ -57,8 +60,27 @@ impl PostgresAudit {
         Ok(Self { pool })
     }
 
-    async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
-        self.pool.begin().await
+    /// [`AuditBackend::append`](super::store::AuditBackend::append): one
+    /// transaction, the head locked first, then each statement of the plan.
+    async fn append_locked(
+        &self,
+        prune_cutoff_ms: Option<i64>,
+        plan: &mut Planner<'_>,
+    ) -> Result<(), AuditError> {
+        let mut tx = self.pool.begin().await?;
+        let head: HeadTuple = sqlx::query_as(Self::HEAD_FOR_UPDATE)
+            .fetch_one(&mut *tx)
+            .await?;
+        let head = head_of(head)?;
+        let prune = match prune_cutoff_ms {
+            Some(cutoff) => Some(Self::prune_point(&mut *tx, cutoff, head.tree_size).await?),
+            None => None,
+        };
+        for mut q in Self::plan_statements(plan(head, prune)?, false) {
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn close_pools(&self) {

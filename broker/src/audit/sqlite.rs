@@ -5,11 +5,14 @@
 use std::{borrow::Cow, path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
-    Sqlite, SqlitePool,
+    Sqlite, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::{AuditError, store::shared_sql};
+use super::{
+    AuditError,
+    store::{HeadTuple, Planner, head_of, shared_sql},
+};
 
 /// The audit store in a SQLite file.
 #[derive(Debug, Clone)]
@@ -23,7 +26,8 @@ pub struct SqliteAudit {
 
 impl SqliteAudit {
     const NAME: &'static str = "sqlite";
-    const HEAD_FOR_UPDATE: &'static str = "SELECT tree_size, last_leaf, frontier, checkpoint_size, checkpoint_time_ms, pruned_before FROM audit_head WHERE id = 1";
+    /// Takes the write lock and reads the head, in one call.
+    const BEGIN_AND_HEAD: &'static str = "BEGIN IMMEDIATE; SELECT tree_size, last_leaf, frontier, checkpoint_size, checkpoint_time_ms, pruned_before FROM audit_head WHERE id = 1";
 
     /// Opens (creating if needed) the SQLite file at `path` and brings the
     /// audit schema up to date. `:memory:` keeps the log in memory (tests).
@@ -67,8 +71,50 @@ impl SqliteAudit {
         Ok(Self { pool, writer })
     }
 
-    async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await
+    /// [`AuditBackend::append`](super::store::AuditBackend::append) in two
+    /// calls to the connection's thread: the lock with the head, then the
+    /// whole plan with its `COMMIT` as one multi-statement query. Each call
+    /// is a hand-off to sqlx's worker thread and back, and the next batch
+    /// waits for every one of them (six in a transaction of single
+    /// statements). On any failure the transaction is rolled back.
+    async fn append_locked(
+        &self,
+        prune_cutoff_ms: Option<i64>,
+        plan: &mut Planner<'_>,
+    ) -> Result<(), AuditError> {
+        let mut conn = self.writer.acquire().await?;
+        let result = Self::append_on(&mut conn, prune_cutoff_ms, plan).await;
+        if result.is_err()
+            && let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await
+            // BEGIN itself failed: nothing to roll back.
+            && !e.to_string().contains("no transaction is active")
+        {
+            // A connection that may still hold the transaction is not
+            // reused (the pool opens a fresh one).
+            tracing::warn!(error = %e, "audit: rollback failed; closing the writer's connection");
+            conn.close_on_drop();
+        }
+        result
+    }
+
+    async fn append_on(
+        conn: &mut SqliteConnection,
+        prune_cutoff_ms: Option<i64>,
+        plan: &mut Planner<'_>,
+    ) -> Result<(), AuditError> {
+        let head: HeadTuple = sqlx::query_as(Self::BEGIN_AND_HEAD)
+            .fetch_one(&mut *conn)
+            .await?;
+        let head = head_of(head)?;
+        let prune = match prune_cutoff_ms {
+            Some(cutoff) => Some(Self::prune_point(&mut *conn, cutoff, head.tree_size).await?),
+            None => None,
+        };
+        let mut statements = Self::plan_statements(plan(head, prune)?, true);
+        let mut q = statements.pop().expect("a plan writes the head");
+        debug_assert!(statements.is_empty(), "one query for the whole plan");
+        q.push("; COMMIT").build().execute(&mut *conn).await?;
+        Ok(())
     }
 
     async fn close_pools(&self) {

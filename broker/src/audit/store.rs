@@ -146,7 +146,7 @@ pub trait AuditBackend: Send + Sync + fmt::Debug {
     async fn append(
         &self,
         prune_cutoff_ms: Option<i64>,
-        plan: &mut (dyn FnMut(Head, Option<u64>) -> Result<BatchPlan, AuditError> + Send),
+        plan: &mut Planner<'_>,
     ) -> Result<(), AuditError>;
 
     /// The suite recorded in the database, recording `suite` if none is.
@@ -260,26 +260,66 @@ pub(super) const RECORD_COLUMNS: &str =
 /// database's parameter limit).
 pub(super) const ROWS_PER_INSERT: usize = 500;
 
+/// What [`AuditBackend::append`] asks for the batch: given the locked head
+/// and the first `seq` to keep (when purging), the plan to write.
+pub type Planner<'a> = dyn FnMut(Head, Option<u64>) -> Result<BatchPlan, AuditError> + Send + 'a;
+
+/// Statements under construction: each its own query, or (`one`) all
+/// appended to one multi-statement query (SQLite runs them in order in one
+/// call; bind parameters carry on from statement to statement).
+pub(super) struct Statements<DB: sqlx::Database> {
+    one: bool,
+    list: Vec<sqlx::QueryBuilder<DB>>,
+}
+
+impl<DB: sqlx::Database> Statements<DB> {
+    pub(super) fn new(one: bool) -> Self {
+        Self {
+            one,
+            list: Vec::new(),
+        }
+    }
+
+    /// Starts the next statement with `sql`.
+    pub(super) fn next(&mut self, sql: impl Into<String>) -> &mut sqlx::QueryBuilder<DB> {
+        let sql = sql.into();
+        match self.list.last_mut() {
+            Some(q) if self.one => {
+                q.push("; ").push(sql);
+            }
+            _ => self.list.push(sqlx::QueryBuilder::new(sql)),
+        }
+        self.list.last_mut().expect("a statement was just started")
+    }
+
+    pub(super) fn into_list(self) -> Vec<sqlx::QueryBuilder<DB>> {
+        self.list
+    }
+}
+
 /// The SQL both backends share, expanded once per database type: every
 /// statement is built with `QueryBuilder`, which writes the placeholders
 /// each database wants.
 macro_rules! shared_sql {
     ($backend:ty, $db:ty) => {
         impl $backend {
-            async fn write_plan(
-                tx: &mut sqlx::Transaction<'static, $db>,
+            /// The statements that store `plan`, in order: one each, or
+            /// (`one`, SQLite) all in one multi-statement query, so the
+            /// whole write is one hand-off to the database's thread.
+            fn plan_statements(
                 mut plan: $crate::audit::store::BatchPlan,
-            ) -> Result<(), sqlx::Error> {
-                use sqlx::QueryBuilder;
+                one: bool,
+            ) -> Vec<sqlx::QueryBuilder<$db>> {
+                let mut out = $crate::audit::store::Statements::<$db>::new(one);
                 let mut rows = std::mem::take(&mut plan.rows);
                 while !rows.is_empty() {
                     let rest =
                         rows.split_off(rows.len().min($crate::audit::store::ROWS_PER_INSERT));
-                    let mut q = QueryBuilder::<$db>::new(format!(
+                    out.next(format!(
                         "INSERT INTO audit_records ({}) ",
                         $crate::audit::store::RECORD_COLUMNS
-                    ));
-                    q.push_values(rows, |mut b, r| {
+                    ))
+                    .push_values(rows, |mut b, r| {
                         b.push_bind(r.seq as i64)
                             .push_bind(r.time_ms)
                             .push_bind(r.kind)
@@ -291,69 +331,57 @@ macro_rules! shared_sql {
                             .push_bind(r.leaf_hash)
                             .push_bind(r.body);
                     });
-                    q.build().execute(&mut **tx).await?;
                     rows = rest;
                 }
-                for chunk in plan.keys.chunks(4 * $crate::audit::store::ROWS_PER_INSERT) {
-                    let mut q =
-                        QueryBuilder::<$db>::new("INSERT INTO audit_index_recent (key, seq) ");
-                    q.push_values(chunk, |mut b, (s, seq)| {
-                        b.push_bind(s.clone()).push_bind(*seq as i64);
-                    });
-                    q.build().execute(&mut **tx).await?;
+                let mut keys = std::mem::take(&mut plan.keys);
+                while !keys.is_empty() {
+                    let rest =
+                        keys.split_off(keys.len().min(4 * $crate::audit::store::ROWS_PER_INSERT));
+                    out.next("INSERT INTO audit_index_recent (key, seq) ")
+                        .push_values(keys, |mut b, (s, seq)| {
+                            b.push_bind(s).push_bind(seq as i64);
+                        });
+                    keys = rest;
                 }
                 if let Some(before) = plan.prune_before {
                     let before = before as i64;
-                    QueryBuilder::<$db>::new(
+                    out.next(
                         "UPDATE audit_records SET body = NULL, request_id = '', client = '', \
                          operator = '', purpose = '', outcome = '' \
                          WHERE body IS NOT NULL AND seq < ",
                     )
-                    .push_bind(before)
-                    .build()
-                    .execute(&mut **tx)
-                    .await?;
+                    .push_bind(before);
                     for table in ["audit_index", "audit_index_recent"] {
-                        QueryBuilder::<$db>::new(format!("DELETE FROM {table} WHERE seq < "))
-                            .push_bind(before)
-                            .build()
-                            .execute(&mut **tx)
-                            .await?;
+                        out.next(format!("DELETE FROM {table} WHERE seq < "))
+                            .push_bind(before);
                     }
                 }
                 if let Some(below) = plan.index_keys_below {
-                    QueryBuilder::<$db>::new(
+                    out.next(
                         "INSERT INTO audit_index (key, seq) SELECT key, seq FROM audit_index_recent WHERE seq < ",
                     )
-                    .push_bind(below as i64)
-                    .build()
-                    .execute(&mut **tx)
-                    .await?;
-                    QueryBuilder::<$db>::new("DELETE FROM audit_index_recent WHERE seq < ")
-                        .push_bind(below as i64)
-                        .build()
-                        .execute(&mut **tx)
-                        .await?;
+                    .push_bind(below as i64);
+                    out.next("DELETE FROM audit_index_recent WHERE seq < ")
+                        .push_bind(below as i64);
                 }
-                if let Some(c) = &plan.checkpoint {
-                    let mut q = QueryBuilder::<$db>::new(
+                if let Some(c) = plan.checkpoint {
+                    out.next(
                         "INSERT INTO audit_checkpoints (tree_size, time_ms, root, signing_key, signature) VALUES (",
-                    );
-                    q.push_bind(c.tree_size as i64)
-                        .push(", ")
-                        .push_bind(c.time_ms)
-                        .push(", ")
-                        .push_bind(c.root.clone())
-                        .push(", ")
-                        .push_bind(c.key.clone())
-                        .push(", ")
-                        .push_bind(c.signature.clone())
-                        .push(")");
-                    q.build().execute(&mut **tx).await?;
+                    )
+                    .push_bind(c.tree_size as i64)
+                    .push(", ")
+                    .push_bind(c.time_ms)
+                    .push(", ")
+                    .push_bind(c.root)
+                    .push(", ")
+                    .push_bind(c.key)
+                    .push(", ")
+                    .push_bind(c.signature)
+                    .push(")");
                 }
                 let h = &plan.head;
-                let mut q = QueryBuilder::<$db>::new("UPDATE audit_head SET tree_size = ");
-                q.push_bind(h.tree_size as i64)
+                out.next("UPDATE audit_head SET tree_size = ")
+                    .push_bind(h.tree_size as i64)
                     .push(", last_leaf = ")
                     .push_bind(h.last_leaf.map(|l| l.to_vec()))
                     .push(", frontier = ")
@@ -365,22 +393,24 @@ macro_rules! shared_sql {
                     .push(", pruned_before = ")
                     .push_bind(h.pruned_before as i64)
                     .push(" WHERE id = 1");
-                q.build().execute(&mut **tx).await?;
-                Ok(())
+                out.into_list()
             }
 
-            async fn prune_point(
-                tx: &mut sqlx::Transaction<'static, $db>,
+            async fn prune_point<'c, E>(
+                executor: E,
                 cutoff_ms: i64,
                 tree_size: u64,
-            ) -> Result<u64, sqlx::Error> {
+            ) -> Result<u64, sqlx::Error>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
                 let first: Option<(i64,)> = sqlx::QueryBuilder::<$db>::new(
                     "SELECT seq FROM audit_records WHERE time_ms >= ",
                 )
                 .push_bind(cutoff_ms)
                 .push(" ORDER BY seq LIMIT 1")
                 .build_query_as()
-                .fetch_optional(&mut **tx)
+                .fetch_optional(executor)
                 .await?;
                 Ok(first.map_or(tree_size, |(s,)| s as u64))
             }
@@ -559,25 +589,9 @@ macro_rules! shared_sql {
             async fn append(
                 &self,
                 prune_cutoff_ms: Option<i64>,
-                plan: &mut (dyn FnMut(
-                    $crate::audit::store::Head,
-                    Option<u64>,
-                ) -> Result<$crate::audit::store::BatchPlan, $crate::audit::AuditError>
-                          + Send),
+                plan: &mut $crate::audit::store::Planner<'_>,
             ) -> Result<(), $crate::audit::AuditError> {
-                let mut tx = self.begin_locked().await?;
-                let head: $crate::audit::store::HeadTuple = sqlx::query_as(Self::HEAD_FOR_UPDATE)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let head = $crate::audit::store::head_of(head)?;
-                let prune = match prune_cutoff_ms {
-                    Some(cutoff) => Some(Self::prune_point(&mut tx, cutoff, head.tree_size).await?),
-                    None => None,
-                };
-                let planned = plan(head, prune)?;
-                Self::write_plan(&mut tx, planned).await?;
-                tx.commit().await?;
-                Ok(())
+                self.append_locked(prune_cutoff_ms, plan).await
             }
 
             async fn claim_suite(&self, suite: &str) -> Result<String, $crate::audit::AuditError> {

@@ -257,6 +257,66 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_failed_commit_leaves_nothing_and_the_next_commits() {
+                use super::super::store::{BatchPlan, Row};
+                let dir = tempfile::tempdir().unwrap();
+                let store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                fill(&log, 3).await;
+                let backend = log.backend().clone();
+                let row = |seq: u64| Row {
+                    seq,
+                    time_ms: 1,
+                    kind: "denied".into(),
+                    request_id: "r".into(),
+                    client: "c".into(),
+                    operator: String::new(),
+                    purpose: String::new(),
+                    outcome: "denied".into(),
+                    leaf_hash: vec![7; 32],
+                    body: Some("{}".into()),
+                };
+                // The record's row is written, then its keys fail (the
+                // same key twice): the row must go too.
+                let e = backend
+                    .append(None, &mut |mut head, _| {
+                        let seq = head.tree_size;
+                        head.tree_size += 1;
+                        Ok(BatchPlan {
+                            rows: vec![row(seq)],
+                            keys: vec![("client:c".into(), seq), ("client:c".into(), seq)],
+                            head,
+                            ..BatchPlan::default()
+                        })
+                    })
+                    .await
+                    .unwrap_err();
+                assert!(e.to_string().to_lowercase().contains("unique"), "{e}");
+                // A plan that fails before anything is written.
+                let e = backend
+                    .append(None, &mut |_, _| {
+                        Err(super::super::AuditError::Unavailable("planned to fail".into()))
+                    })
+                    .await
+                    .unwrap_err();
+                assert!(e.to_string().contains("planned to fail"), "{e}");
+                assert_eq!(backend.head().await.unwrap().tree_size, 3);
+                let records = "SELECT COUNT(*) FROM audit_records";
+                assert_eq!(store.count(records).await.unwrap(), 3);
+                // The log goes on where it was.
+                let key = log.subject_key().clone();
+                let r = log.record(sample_entry(3, &key)).await.unwrap();
+                assert_eq!(r.seq, 3);
+                assert_eq!(store.count(records).await.unwrap(), 4);
+                log.checkpoint().await.unwrap();
+                let public = log.public_key_hex();
+                log.close().await;
+                let report = verify(&store, &public).await;
+                assert!(report.ok(), "{report}");
+                assert_eq!(report.records, 4);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_log_keeps_its_suite() {
                 let dir = tempfile::tempdir().unwrap();
                 let mut store: TestStore = ($store)(dir.path());
@@ -317,13 +377,7 @@ impl super::store::AuditBackend for HeldPings {
     async fn append(
         &self,
         prune_cutoff_ms: Option<i64>,
-        plan: &mut (
-                 dyn FnMut(
-            super::store::Head,
-            Option<u64>,
-        ) -> Result<super::store::BatchPlan, super::AuditError>
-                     + Send
-             ),
+        plan: &mut super::store::Planner<'_>,
     ) -> Result<(), super::AuditError> {
         self.inner.append(prune_cutoff_ms, plan).await
     }
