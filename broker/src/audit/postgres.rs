@@ -11,7 +11,7 @@ use sqlx::{
 
 use super::{
     AuditError,
-    store::{HeadTuple, Planner, head_of, shared_sql},
+    store::{HeadTuple, Planner, shared_sql},
 };
 
 /// The audit store in a PostgreSQL schema.
@@ -71,12 +71,8 @@ impl PostgresAudit {
         let head: HeadTuple = sqlx::query_as(Self::HEAD_FOR_UPDATE)
             .fetch_one(&mut *tx)
             .await?;
-        let head = head_of(head)?;
-        let prune = match prune_cutoff_ms {
-            Some(cutoff) => Some(Self::prune_point(&mut *tx, cutoff, head.tree_size).await?),
-            None => None,
-        };
-        for mut q in Self::plan_statements(plan(head, prune)?, false) {
+        let planned = Self::plan_for(&mut tx, head, prune_cutoff_ms, plan).await?;
+        for mut q in Self::plan_statements(planned, false) {
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;

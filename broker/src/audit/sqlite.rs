@@ -11,7 +11,7 @@ use sqlx::{
 
 use super::{
     AuditError,
-    store::{HeadTuple, Planner, head_of, shared_sql},
+    store::{HeadTuple, Planner, shared_sql},
 };
 
 /// The audit store in a SQLite file.
@@ -105,12 +105,8 @@ impl SqliteAudit {
         let head: HeadTuple = sqlx::query_as(Self::BEGIN_AND_HEAD)
             .fetch_one(&mut *conn)
             .await?;
-        let head = head_of(head)?;
-        let prune = match prune_cutoff_ms {
-            Some(cutoff) => Some(Self::prune_point(&mut *conn, cutoff, head.tree_size).await?),
-            None => None,
-        };
-        let mut statements = Self::plan_statements(plan(head, prune)?, true);
+        let planned = Self::plan_for(conn, head, prune_cutoff_ms, plan).await?;
+        let mut statements = Self::plan_statements(planned, true);
         let mut q = statements.pop().expect("a plan writes the head");
         debug_assert!(statements.is_empty(), "one query for the whole plan");
         q.push("; COMMIT").build().execute(&mut *conn).await?;

@@ -415,6 +415,22 @@ macro_rules! shared_sql {
                 Ok(first.map_or(tree_size, |(s,)| s as u64))
             }
 
+            /// The plan for `head` as read under the lock, with the first
+            /// `seq` to keep when purging by `prune_cutoff_ms`.
+            async fn plan_for(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                head: $crate::audit::store::HeadTuple,
+                prune_cutoff_ms: Option<i64>,
+                plan: &mut $crate::audit::store::Planner<'_>,
+            ) -> Result<$crate::audit::store::BatchPlan, $crate::audit::AuditError> {
+                let head = $crate::audit::store::head_of(head)?;
+                let prune = match prune_cutoff_ms {
+                    Some(cutoff) => Some(Self::prune_point(&mut *conn, cutoff, head.tree_size).await?),
+                    None => None,
+                };
+                plan(head, prune)
+            }
+
             async fn claim_suite_impl(&self, suite: &str) -> Result<String, sqlx::Error> {
                 sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO audit_meta (key, value) VALUES ('suite', ",
