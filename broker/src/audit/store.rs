@@ -146,7 +146,7 @@ pub trait AuditBackend: Send + Sync + fmt::Debug {
     async fn append(
         &self,
         prune_cutoff_ms: Option<i64>,
-        plan: &mut Planner<'_>,
+        plan: &mut (dyn FnMut(Head, Option<u64>) -> Result<BatchPlan, AuditError> + Send),
     ) -> Result<(), AuditError>;
 
     /// The suite recorded in the database, recording `suite` if none is.
@@ -260,8 +260,9 @@ pub(super) const RECORD_COLUMNS: &str =
 /// database's parameter limit).
 pub(super) const ROWS_PER_INSERT: usize = 500;
 
-/// What [`AuditBackend::append`] asks for the batch: given the locked head
-/// and the first `seq` to keep (when purging), the plan to write.
+/// What [`AuditBackend::append`] asks for the batch (the same type, named
+/// for the backends' own functions): given the locked head and the first
+/// `seq` to keep (when purging), the plan to write.
 pub type Planner<'a> = dyn FnMut(Head, Option<u64>) -> Result<BatchPlan, AuditError> + Send + 'a;
 
 /// Statements under construction: each its own query, or (`one`) all
@@ -605,7 +606,11 @@ macro_rules! shared_sql {
             async fn append(
                 &self,
                 prune_cutoff_ms: Option<i64>,
-                plan: &mut $crate::audit::store::Planner<'_>,
+                plan: &mut (dyn FnMut(
+                    $crate::audit::store::Head,
+                    Option<u64>,
+                ) -> Result<$crate::audit::store::BatchPlan, $crate::audit::AuditError>
+                          + Send),
             ) -> Result<(), $crate::audit::AuditError> {
                 self.append_locked(prune_cutoff_ms, plan).await
             }

@@ -377,7 +377,13 @@ impl super::store::AuditBackend for HeldPings {
     async fn append(
         &self,
         prune_cutoff_ms: Option<i64>,
-        plan: &mut super::store::Planner<'_>,
+        plan: &mut (
+                 dyn FnMut(
+            super::store::Head,
+            Option<u64>,
+        ) -> Result<super::store::BatchPlan, super::AuditError>
+                     + Send
+             ),
     ) -> Result<(), super::AuditError> {
         self.inner.append(prune_cutoff_ms, plan).await
     }
