@@ -88,7 +88,12 @@ pub fn request(
         serde_json::from_slice::<Value>(body)
             .map_err(|e| Status::invalid_argument(format!("body: not JSON: {e}")))?
     };
-    if let Some(path) = first_null(&value, String::new()) {
+    let null = match &value {
+        Value::Null => Some("body".to_owned()),
+        Value::Object(fields) => first_null(desc, fields, ""),
+        _ => None,
+    };
+    if let Some(path) = null {
         return Err(Status::invalid_argument(format!(
             "{path}: null is not accepted; leave the field out for its default"
         )));
@@ -150,25 +155,38 @@ pub fn request(
     Ok(message.encode_to_vec())
 }
 
-/// The path of the first `null` in `value` (the JSON mapping would read
-/// it as the default; the API refuses it, as its schema does).
-fn first_null(value: &Value, at: String) -> Option<String> {
-    match value {
-        Value::Null => Some(if at.is_empty() { "body".to_owned() } else { at }),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| first_null(v, format!("{at}[{i}]"))),
-        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
-            let path = if at.is_empty() {
-                k.clone()
-            } else {
-                format!("{at}.{k}")
-            };
-            first_null(v, path)
-        }),
-        _ => None,
-    }
+/// The path of the first `null` given for a field of `desc` in `fields`
+/// (the JSON mapping would read it as the default; the API refuses it, as
+/// its schema does). Keys that are not fields of `desc` are left to the
+/// deserializer, which refuses them as unknown fields: a path is only
+/// ever built from field names.
+fn first_null(desc: &MessageDescriptor, fields: &Map<String, Value>, at: &str) -> Option<String> {
+    fields.iter().find_map(|(key, value)| {
+        let field = desc
+            .get_field_by_name(key)
+            .or_else(|| desc.get_field_by_json_name(key))?;
+        let path = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
+        let inner = match field.kind() {
+            Kind::Message(inner) => Some(inner),
+            _ => None,
+        };
+        let nested = |value: &Value, path: &str| match (value, &inner) {
+            (Value::Null, _) => Some(path.to_owned()),
+            (Value::Object(fields), Some(inner)) => first_null(inner, fields, path),
+            _ => None,
+        };
+        match value {
+            Value::Array(items) if field.is_list() => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| nested(item, &format!("{path}[{i}]"))),
+            _ => nested(value, &path),
+        }
+    })
 }
 
 /// Puts the query parameter `key` (the rest of it: `rest`) into `object`,
@@ -402,5 +420,52 @@ mod tests {
         };
         let json = message_json("hedui.v1.GetChainStatusResponse", &response).unwrap();
         assert_eq!(json, serde_json::json!({"verified": true, "records": "12"}));
+    }
+
+    #[test]
+    fn a_null_under_an_unknown_key_is_refused_as_the_unknown_field() {
+        // Found by the fuzz target http_json: the null's path was built
+        // from the unknown key, so the message began with ": f: 0...".
+        let d = desc("hedui.v1.VerifyRequest");
+        let e = request(
+            &d,
+            br#"{": f: 0}}request": {"applicat_id": null}}"#,
+            &[],
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("body: unrecognized field name ': f: 0}}request'"),
+            "{}",
+            e.message()
+        );
+        let e = request(&d, br#"{"request": {"applicat_id": null}}"#, &[], "").unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("request: unrecognized field name 'applicat_id'"),
+            "{}",
+            e.message()
+        );
+        // Nulls in known fields, nested and in lists, are named.
+        let e = request(&d, b"null", &[], "").unwrap_err();
+        assert!(e.message().starts_with("body: null"), "{}", e.message());
+        let e = request(&d, br#"{"request": null}"#, &[], "").unwrap_err();
+        assert!(e.message().starts_with("request: null"), "{}", e.message());
+        let e = request(&d, br#"{"request": {"applicantId": null}}"#, &[], "").unwrap_err();
+        assert!(
+            e.message().starts_with("request.applicantId: null"),
+            "{}",
+            e.message()
+        );
+        let body = br#"{"request": {"declared_member_ids": ["a", null]}}"#;
+        let e = request(&d, body, &[], "").unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("request.declared_member_ids[1]: null"),
+            "{}",
+            e.message()
+        );
     }
 }
