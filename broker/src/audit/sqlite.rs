@@ -65,7 +65,7 @@ impl SqliteAudit {
             .await?;
         migrator().run(&pool).await?;
         if !memory {
-            tokio::spawn(checkpoint_wal(pool.clone()));
+            tokio::spawn(crate::store::checkpoint_wal(pool.clone(), "audit"));
         }
         let writer = crate::store::writer_pool(&pool, options, memory).await?;
         Ok(Self { pool, writer })
@@ -116,23 +116,6 @@ impl SqliteAudit {
     async fn close_pools(&self) {
         self.writer.close().await;
         self.pool.close().await;
-    }
-}
-
-/// Copies the WAL back into the database every second, beside the writer
-/// (a passive checkpoint never blocks it), until the pool closes.
-async fn checkpoint_wal(pool: SqlitePool) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if pool.is_closed() {
-            return;
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::debug!(error = %e, "audit wal checkpoint failed");
-        }
     }
 }
 
