@@ -52,6 +52,7 @@ use self::{
     budget::RetryBudget,
     config::GuardSettings,
 };
+use crate::telemetry::status_label;
 
 /// What identifies an answer: the source, the persons and the fact kinds
 /// asked for (sorted, so the order of asking does not matter).
@@ -325,6 +326,9 @@ pub struct SourceGuard {
     health: health::HealthWindow,
     /// The metrics' `source` attribute, made once (its value is shared).
     source_attr: opentelemetry::KeyValue,
+    /// The source's lookup counts (`hedui.source.requests`, cache hits and
+    /// misses).
+    counts: Arc<crate::telemetry::SourceCounts>,
     /// The breaker state last written to the `hedui.breaker.state` gauge
     /// (-1: none yet). A gauge keeps its last value, so it is written when
     /// the state it shows changes, not on every lookup. Unchanged is seen
@@ -379,6 +383,7 @@ impl SourceGuard {
         let breaker = Breaker::new(l.breaker_failures, l.breaker_open());
         let budget = RetryBudget::new(l.retry_budget);
         let source_attr = crate::telemetry::source(&spec.id);
+        let counts = crate::telemetry::source_counts(&spec.id);
         Self {
             cache: cache.filter(|_| settings.cache),
             spec,
@@ -392,6 +397,7 @@ impl SourceGuard {
             settings,
             health: health::HealthWindow::new(),
             source_attr,
+            counts,
             breaker_shown: std::sync::atomic::AtomicI64::new(-1),
             breaker_write: std::sync::Mutex::new(()),
         }
@@ -480,16 +486,16 @@ impl SourceGuard {
             let (status, cache_hit) = match &result {
                 Ok(served) => (
                     if served.answers.iter().any(|a| !a.facts.is_empty()) {
-                        "ok"
+                        SourceStatus::Ok
                     } else {
-                        "no_record"
+                        SourceStatus::NoRecord
                     },
                     served.cache_hit,
                 ),
-                Err(e) => (status_label(e.status()), false),
+                Err(e) => (e.status(), false),
             };
             let span = guarded.span();
-            span.record("status", status);
+            span.record("status", status_label(status));
             span.record("cache_hit", cache_hit);
             span.record("attempts", attempts.load(Ordering::Relaxed));
             self.count(status, cache_hit);
@@ -498,16 +504,9 @@ impl SourceGuard {
     }
 
     /// The metrics of a lookup that ended with `status`.
-    fn count(&self, status: &'static str, cache_hit: bool) {
+    fn count(&self, status: SourceStatus, cache_hit: bool) {
+        self.counts.request(status, cache_hit);
         let m = crate::telemetry::metrics();
-        m.source_requests.add(
-            1,
-            &[
-                self.source_attr.clone(),
-                opentelemetry::KeyValue::new("status", status),
-                opentelemetry::KeyValue::new("cache_hit", cache_hit),
-            ],
-        );
         let breaker_code = || match self.breaker.state() {
             BreakerState::Closed => 0,
             BreakerState::HalfOpen => 1,
@@ -567,9 +566,7 @@ impl SourceGuard {
         let key = CacheKey::of(request);
         if let Some(hit) = cache.cache.get(&key) {
             if young_enough(&hit, max_age) {
-                crate::telemetry::metrics()
-                    .cache_hits
-                    .add(1, std::slice::from_ref(&self.source_attr));
+                self.counts.cache(true);
                 return Ok(Served {
                     answers: Arc::clone(&hit.answers),
                     as_of: hit.stated_as_of,
@@ -611,12 +608,7 @@ impl SourceGuard {
                 }
             }
         };
-        let counter = if cache_hit {
-            &crate::telemetry::metrics().cache_hits
-        } else {
-            &crate::telemetry::metrics().cache_misses
-        };
-        counter.add(1, std::slice::from_ref(&self.source_attr));
+        self.counts.cache(cache_hit);
         Ok(Served {
             answers: Arc::clone(&answer.answers),
             as_of: answer.stated_as_of,
@@ -829,21 +821,6 @@ impl SourceGuard {
 }
 
 /// A status as metrics and spans label it (`rate_limited`, `timeout`).
-fn status_label(status: SourceStatus) -> &'static str {
-    match status {
-        SourceStatus::Unspecified => "unspecified",
-        SourceStatus::Ok => "ok",
-        SourceStatus::NoRecord => "no_record",
-        SourceStatus::Timeout => "timeout",
-        SourceStatus::Unavailable => "unavailable",
-        SourceStatus::Error => "error",
-        SourceStatus::NotQueried => "not_queried",
-        SourceStatus::RateLimited => "rate_limited",
-        SourceStatus::CircuitOpen => "circuit_open",
-        SourceStatus::Pending => "pending",
-    }
-}
-
 /// Whether a cached answer is young enough for a caller accepting answers
 /// up to `max_age` old.
 fn young_enough(hit: &Cached, max_age: Option<Duration>) -> bool {

@@ -11,11 +11,22 @@
 
 pub mod ops;
 
-use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
+use hedui_proto::v1::SourceStatus;
 use opentelemetry::{
     KeyValue,
-    metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter},
+    metrics::{
+        AsyncInstrument, Counter, Gauge, Histogram, Meter, ObservableCounter, UpDownCounter,
+    },
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
@@ -197,14 +208,17 @@ fn render(registry: &prometheus::Registry) -> String {
 /// The broker's instruments.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Calls to a source by outcome (`hedui.source.requests`).
-    pub source_requests: Counter<u64>,
+    /// Lookups of a source by outcome (`hedui.source.requests`), read from
+    /// the [`SourceCounts`] of every source.
+    pub source_requests: ObservableCounter<u64>,
     /// How long a source took (`hedui.source.duration`, seconds).
     pub source_duration: Histogram<f64>,
-    /// Answers served from the cache (`hedui.cache.hits`).
-    pub cache_hits: Counter<u64>,
-    /// Answers not in the cache (`hedui.cache.misses`).
-    pub cache_misses: Counter<u64>,
+    /// Answers served from the cache (`hedui.cache.hits`), read from the
+    /// [`SourceCounts`].
+    pub cache_hits: ObservableCounter<u64>,
+    /// Answers not in the cache (`hedui.cache.misses`), read from the
+    /// [`SourceCounts`].
+    pub cache_misses: ObservableCounter<u64>,
     /// Circuit breaker state per source: 0 closed, 1 half-open, 2 open
     /// (`hedui.breaker.state`).
     pub breaker_state: Gauge<i64>,
@@ -232,8 +246,13 @@ impl Metrics {
         ];
         Self {
             source_requests: meter
-                .u64_counter("hedui.source.requests")
+                .u64_observable_counter("hedui.source.requests")
                 .with_description("Calls to a source, by source, status and cache use")
+                .with_callback(|observer| {
+                    for counts in counted_sources().values() {
+                        counts.observe_requests(observer);
+                    }
+                })
                 .build(),
             source_duration: meter
                 .f64_histogram("hedui.source.duration")
@@ -242,12 +261,22 @@ impl Metrics {
                 .with_boundaries(seconds.to_vec())
                 .build(),
             cache_hits: meter
-                .u64_counter("hedui.cache.hits")
+                .u64_observable_counter("hedui.cache.hits")
                 .with_description("Answers served from the answer cache")
+                .with_callback(|observer| {
+                    for counts in counted_sources().values() {
+                        counts.observe(observer, &counts.cache_hits);
+                    }
+                })
                 .build(),
             cache_misses: meter
-                .u64_counter("hedui.cache.misses")
+                .u64_observable_counter("hedui.cache.misses")
                 .with_description("Answers not found in the answer cache")
+                .with_callback(|observer| {
+                    for counts in counted_sources().values() {
+                        counts.observe(observer, &counts.cache_misses);
+                    }
+                })
                 .build(),
             breaker_state: meter
                 .i64_gauge("hedui.breaker.state")
@@ -296,6 +325,119 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| Metrics::new(&opentelemetry::global::meter_provider().meter("hedui")))
+}
+
+/// Every status a lookup ends with, in the order of their values (0 to 9).
+const STATUSES: [SourceStatus; 10] = [
+    SourceStatus::Unspecified,
+    SourceStatus::Ok,
+    SourceStatus::NoRecord,
+    SourceStatus::Timeout,
+    SourceStatus::Unavailable,
+    SourceStatus::Error,
+    SourceStatus::NotQueried,
+    SourceStatus::RateLimited,
+    SourceStatus::CircuitOpen,
+    SourceStatus::Pending,
+];
+
+/// A source status as the metrics and the logs name it.
+pub fn status_label(status: SourceStatus) -> &'static str {
+    match status {
+        SourceStatus::Unspecified => "unspecified",
+        SourceStatus::Ok => "ok",
+        SourceStatus::NoRecord => "no_record",
+        SourceStatus::Timeout => "timeout",
+        SourceStatus::Unavailable => "unavailable",
+        SourceStatus::Error => "error",
+        SourceStatus::NotQueried => "not_queried",
+        SourceStatus::RateLimited => "rate_limited",
+        SourceStatus::CircuitOpen => "circuit_open",
+        SourceStatus::Pending => "pending",
+    }
+}
+
+/// The lookups of one source, counted where they happen and read by the
+/// observable counters `hedui.source.requests`, `hedui.cache.hits` and
+/// `hedui.cache.misses` when the metrics are collected. A lookup costs two
+/// atomic additions: the SDK's counters would hash the attributes and look
+/// them up in a locked map on every addition, 28 times per verification
+/// (docs/benchmarks.md, S4). One per source id for the life of the
+/// process ([`source_counts`]), so the totals never go back.
+#[derive(Debug)]
+pub struct SourceCounts {
+    source: KeyValue,
+    /// By status (its value) and cache use (0: asked, 1: from the cache).
+    requests: [[AtomicU64; 2]; STATUSES.len()],
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+}
+
+impl SourceCounts {
+    /// A lookup that ended with `status`, served from the cache or not.
+    pub fn request(&self, status: SourceStatus, cache_hit: bool) {
+        let by_status = usize::try_from(i32::from(status))
+            .ok()
+            .and_then(|i| self.requests.get(i));
+        if let Some(by_status) = by_status {
+            by_status[usize::from(cache_hit)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An answer served from the cache (`true`) or not found there.
+    pub fn cache(&self, hit: bool) {
+        let counter = if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn observe_requests(&self, observer: &dyn AsyncInstrument<u64>) {
+        for (status, by_hit) in STATUSES.iter().zip(&self.requests) {
+            for (hit, counter) in [false, true].into_iter().zip(by_hit) {
+                let n = counter.load(Ordering::Relaxed);
+                if n > 0 {
+                    observer.observe(
+                        n,
+                        &[
+                            self.source.clone(),
+                            KeyValue::new("status", status_label(*status)),
+                            KeyValue::new("cache_hit", hit),
+                        ],
+                    );
+                }
+            }
+        }
+    }
+
+    fn observe(&self, observer: &dyn AsyncInstrument<u64>, counter: &AtomicU64) {
+        let n = counter.load(Ordering::Relaxed);
+        if n > 0 {
+            observer.observe(n, std::slice::from_ref(&self.source));
+        }
+    }
+}
+
+fn counted_sources() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<SourceCounts>>> {
+    static SOURCES: Mutex<BTreeMap<String, Arc<SourceCounts>>> = Mutex::new(BTreeMap::new());
+    SOURCES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The lookup counts of source `id` (shared by every guard of that id).
+pub fn source_counts(id: &str) -> Arc<SourceCounts> {
+    let mut sources = counted_sources();
+    Arc::clone(sources.entry(id.to_owned()).or_insert_with(|| {
+        Arc::new(SourceCounts {
+            source: source(id),
+            requests: Default::default(),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+        })
+    }))
 }
 
 /// The W3C `traceparent` of `span`, when it is part of an exported trace
@@ -382,23 +524,57 @@ mod tests {
             .unwrap();
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let m = Metrics::new(&provider.meter("hedui"));
-        m.source_requests.add(
-            1,
-            &[source("traffic-police"), KeyValue::new("status", "ok")],
-        );
+        let counts = source_counts("traffic-police");
+        counts.request(SourceStatus::Ok, false);
+        counts.request(SourceStatus::Ok, true);
+        counts.request(SourceStatus::Pending, false);
+        counts.cache(true);
         m.source_duration.record(0.02, &[source("traffic-police")]);
         m.rpc_duration
             .record(3.0, &[KeyValue::new("rpc.method", "Verify")]);
         m.in_flight.add(1, &[]);
         let text = render(&registry);
         for name in [
-            "hedui_source_requests_total{",
             "hedui_source_duration_seconds_bucket{",
             "rpc_server_duration_milliseconds_bucket{",
             "hedui_verifications_in_flight",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
+        // The lookup counts, by source, status and cache use. Other tests
+        // count lookups of other sources in the same process: only this
+        // one's are read.
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start) && l.contains("source=\"traffic-police\""))
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        };
+        for (series, n) in [
+            (
+                "hedui_source_requests_total{cache_hit=\"false\",source=\"traffic-police\",status=\"ok\"",
+                "1",
+            ),
+            (
+                "hedui_source_requests_total{cache_hit=\"true\",source=\"traffic-police\",status=\"ok\"",
+                "1",
+            ),
+            (
+                "hedui_source_requests_total{cache_hit=\"false\",source=\"traffic-police\",status=\"pending\"",
+                "1",
+            ),
+            ("hedui_cache_hits_total{", "1"),
+        ] {
+            assert_eq!(line(series).as_deref(), Some(n), "{series} in\n{text}");
+        }
+        assert_eq!(line("hedui_cache_misses_total{"), None, "{text}");
+    }
+
+    #[test]
+    fn statuses_are_listed_in_the_order_of_their_values() {
+        for (i, status) in STATUSES.iter().enumerate() {
+            assert_eq!(usize::try_from(i32::from(*status)).unwrap(), i);
+        }
+        assert!(SourceStatus::try_from(i32::try_from(STATUSES.len()).unwrap()).is_err());
     }
 
     #[test]
