@@ -524,7 +524,7 @@ mod tests {
             .unwrap();
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let m = Metrics::new(&provider.meter("hedui"));
-        let counts = source_counts("traffic-police");
+        let counts = source_counts("render-test");
         counts.request(SourceStatus::Ok, false);
         counts.request(SourceStatus::Ok, true);
         counts.request(SourceStatus::Pending, false);
@@ -541,25 +541,25 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
-        // The lookup counts, by source, status and cache use. Other tests
-        // count lookups of other sources in the same process: only this
-        // one's are read.
+        // The lookup counts, by source, status and cache use. The counts
+        // are the process's: other tests count lookups of other sources,
+        // and only this test's source is read.
         let line = |start: &str| {
             text.lines()
-                .find(|l| l.starts_with(start) && l.contains("source=\"traffic-police\""))
+                .find(|l| l.starts_with(start) && l.contains("source=\"render-test\""))
                 .map(|l| l.rsplit(' ').next().unwrap().to_owned())
         };
         for (series, n) in [
             (
-                "hedui_source_requests_total{cache_hit=\"false\",source=\"traffic-police\",status=\"ok\"",
+                "hedui_source_requests_total{cache_hit=\"false\",source=\"render-test\",status=\"ok\"",
                 "1",
             ),
             (
-                "hedui_source_requests_total{cache_hit=\"true\",source=\"traffic-police\",status=\"ok\"",
+                "hedui_source_requests_total{cache_hit=\"true\",source=\"render-test\",status=\"ok\"",
                 "1",
             ),
             (
-                "hedui_source_requests_total{cache_hit=\"false\",source=\"traffic-police\",status=\"pending\"",
+                "hedui_source_requests_total{cache_hit=\"false\",source=\"render-test\",status=\"pending\"",
                 "1",
             ),
             ("hedui_cache_hits_total{", "1"),
