@@ -16,11 +16,13 @@
 //! verification instead of two. Until [`ReportStore::recorded`] says the
 //! record has committed, the report is *hidden*: no read returns it, as if
 //! it were not stored. When the record fails, [`ReportStore::discard`]
-//! deletes it. Such a row is written with `recorded = 0`; the flag is set
-//! lazily, by the writer within a second, and only a broker that stopped
-//! in between finds a row still at 0: it keeps the row if the audit log
-//! holds its record and deletes it otherwise
-//! ([`crate::verify::Verifier::settle_unrecorded`]), before it serves.
+//! deletes it. Such a row is written with `recorded = 0`, and a trigger
+//! marks it in `unrecorded_reports` in the same statement; the mark is
+//! deleted lazily, by the writer within a second (the report's row is not
+//! written again), and only a broker that stopped in between finds a mark
+//! left: it keeps the row if the audit log holds its record and deletes it
+//! otherwise ([`crate::verify::Verifier::settle_unrecorded`]), before it
+//! serves.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -218,14 +220,20 @@ async fn write_reports(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
-/// Sets the flags of the reports in `recorded`, in one statement, and
-/// empties it. A flag not set stays 0: the next start settles it from the
-/// audit log ([`ReportStore::unrecorded`]).
+/// Deletes a report written ahead of its record (`?`: its id), and its
+/// mark (a trigger); a report not marked unrecorded is left alone.
+const DELETE_UNRECORDED: &str = "DELETE FROM reports WHERE report_id = ?1 \
+     AND EXISTS (SELECT 1 FROM unrecorded_reports WHERE report_id = ?1)";
+
+/// Sets the flags of the reports in `recorded` (deletes their marks in
+/// `unrecorded_reports`: the report rows are not rewritten), in one
+/// statement, and empties it. A mark not deleted stays: the next start
+/// settles it from the audit log ([`ReportStore::unrecorded`]).
 async fn write_flags(pool: &SqlitePool, recorded: &mut Vec<String>) {
     if recorded.is_empty() {
         return;
     }
-    let mut q = QueryBuilder::<Sqlite>::new("UPDATE reports SET recorded = 1 WHERE report_id IN ");
+    let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM unrecorded_reports WHERE report_id IN ");
     q.push_tuples(recorded.iter(), |mut t, id| {
         t.push_bind(id);
     });
@@ -430,7 +438,7 @@ impl ReportStore {
     pub async fn discard(&self, report_id: String) -> Result<(), StoreError> {
         // Rare (the audit log failed): on a reader's connection, beside
         // the writer, as `settle`.
-        sqlx::query("DELETE FROM reports WHERE report_id = ? AND recorded = 0")
+        sqlx::query(DELETE_UNRECORDED)
             .bind(&report_id)
             .execute(&self.pool)
             .await?;
@@ -445,11 +453,12 @@ impl ReportStore {
     /// # Errors
     /// When the store cannot be read.
     pub async fn unrecorded(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT report_id, completed_at FROM reports WHERE recorded = 0")
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_as(
+            "SELECT r.report_id, r.completed_at FROM unrecorded_reports u \
+                 JOIN reports r ON r.report_id = u.report_id",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Settles what [`Self::unrecorded`] listed, in one transaction: the
@@ -467,10 +476,10 @@ impl ReportStore {
         let mut deleted = 0;
         for (id, _) in unrecorded {
             let sql = if recorded.contains(id) {
-                "UPDATE reports SET recorded = 1 WHERE report_id = ?"
+                "DELETE FROM unrecorded_reports WHERE report_id = ?"
             } else {
                 deleted += 1;
-                "DELETE FROM reports WHERE report_id = ? AND recorded = 0"
+                DELETE_UNRECORDED
             };
             sqlx::query(sql).bind(id).execute(&mut *tx).await?;
         }
@@ -675,10 +684,13 @@ mod tests {
     }
 
     async fn rows(store: &ReportStore) -> Vec<(String, i64)> {
-        sqlx::query_as("SELECT report_id, recorded FROM reports ORDER BY report_id")
-            .fetch_all(store.pool())
-            .await
-            .unwrap()
+        sqlx::query_as(
+            "SELECT report_id, report_id NOT IN (SELECT report_id FROM unrecorded_reports) \
+             FROM reports ORDER BY report_id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
     }
 
     fn report(id: &str) -> Report {
@@ -748,6 +760,65 @@ mod tests {
         assert_eq!(
             rows(&store).await,
             [("a".to_owned(), 1), ("b".to_owned(), 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_later_revision_is_marked_as_it_was_written() {
+        let store = ReportStore::open(Path::new(":memory:")).await.unwrap();
+        store.put_unrecorded(row("a")).await.unwrap();
+        let mut later = report("a");
+        later.revision = 1;
+        store.put(&later).await.unwrap();
+        assert_eq!(rows(&store).await, [("a".to_owned(), 1)]);
+        later.revision = 2;
+        store
+            .put_unrecorded(StoredReport::new(&later, later.encode_to_vec(), "p"))
+            .await
+            .unwrap();
+        assert_eq!(rows(&store).await, [("a".to_owned(), 0)]);
+        assert_eq!(store.unrecorded().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn rows_left_unrecorded_before_the_marks_table_are_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        {
+            let pool = SqlitePool::connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+            let mut m = sqlx::migrate!("./migrations/sqlite");
+            m.migrations = std::borrow::Cow::Owned(
+                m.migrations
+                    .iter()
+                    .filter(|m| m.version <= 8)
+                    .cloned()
+                    .collect(),
+            );
+            m.run(&pool).await.unwrap();
+            for (id, recorded) in [("kept", 1), ("left", 0)] {
+                sqlx::query(
+                    "INSERT INTO reports (report_id, completed_at, verdict, body, recorded) \
+                     VALUES (?, 7, 1, x'', ?)",
+                )
+                .bind(id)
+                .bind(recorded)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            pool.close().await;
+        }
+        let store = ReportStore::open(&path).await.unwrap();
+        assert_eq!(store.unrecorded().await.unwrap(), [("left".to_owned(), 7)]);
+        assert_eq!(
+            rows(&store).await,
+            [("kept".to_owned(), 1), ("left".to_owned(), 0)]
         );
     }
 
