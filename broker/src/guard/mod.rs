@@ -820,7 +820,6 @@ impl SourceGuard {
     }
 }
 
-/// A status as metrics and spans label it (`rate_limited`, `timeout`).
 /// Whether a cached answer is young enough for a caller accepting answers
 /// up to `max_age` old.
 fn young_enough(hit: &Cached, max_age: Option<Duration>) -> bool {

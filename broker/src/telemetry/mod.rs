@@ -341,7 +341,7 @@ const STATUSES: [SourceStatus; 10] = [
     SourceStatus::Pending,
 ];
 
-/// A source status as the metrics and the logs name it.
+/// A status as metrics and spans label it (`rate_limited`, `timeout`).
 pub fn status_label(status: SourceStatus) -> &'static str {
     match status {
         SourceStatus::Unspecified => "unspecified",
