@@ -35,7 +35,7 @@ use std::{
 use hedui_proto::v1::Report;
 use prost::Message;
 use sqlx::{
-    QueryBuilder, Sqlite, SqlitePool,
+    ConnectOptions, Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -305,20 +305,78 @@ pub(crate) async fn writer_pool(
 
 /// Copies the WAL of `pool`'s database back into it every second, beside
 /// its writer (a passive checkpoint never blocks the writer, and the
-/// writer's commits no longer run the checkpoint themselves), until the
-/// pool closes. The report store's and the audit log's databases use it.
-pub(crate) async fn checkpoint_wal(pool: SqlitePool, what: &'static str) {
+/// writer's commits no longer run the checkpoint themselves), then lets the
+/// WAL start again from its beginning ([`restart_wal`]), until the pool
+/// closes. It works on a connection of its own, opened with `options`. The
+/// report store's and the audit log's databases use it.
+pub(crate) async fn checkpoint_wal(
+    pool: SqlitePool,
+    options: SqliteConnectOptions,
+    what: &'static str,
+) {
+    let options = options.busy_timeout(Duration::from_millis(RESTART_WAIT_MS));
+    let mut conn: Option<SqliteConnection> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if pool.is_closed() {
+            if let Some(conn) = conn {
+                let _ = conn.close().await;
+            }
             return;
         }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match options.connect().await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "{what}: no connection for the WAL checkpoint");
+                    continue;
+                }
+            },
+        };
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+            .execute(&mut *c)
             .await
         {
             tracing::debug!(error = %e, "{what}: WAL checkpoint failed");
+            continue;
         }
+        match restart_wal(c).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("{what}: WAL not restarted, busy; next second"),
+            Err(e) => tracing::debug!(error = %e, "{what}: WAL restart failed"),
+        }
+    }
+}
+
+/// How long a restart of the WAL waits for the writer's transaction and
+/// for readers of the WAL, in milliseconds; the writer waits for the
+/// restart meanwhile.
+const RESTART_WAIT_MS: u64 = 50;
+
+/// Copies what the WAL holds beyond the last checkpoint and has the next
+/// commit write the WAL from its beginning again; `false` when the writer
+/// or a reader kept it busy for longer than `conn`'s busy timeout (nothing
+/// is lost: the next round tries again).
+///
+/// A passive checkpoint alone never catches up with a writer that commits
+/// while it copies, and SQLite starts the WAL over only once a checkpoint
+/// has copied all of it: under steady load the WAL grew until the
+/// automatic checkpoint (at 100,000 pages, 400 MB) ran inside a commit,
+/// and every commit in between extended the file. Right after a passive
+/// checkpoint only the frames written meanwhile are left to copy, so the
+/// writer waits for a few milliseconds at most, once a second; a reader
+/// that holds the WAL longer (a long query) makes the restart give up after
+/// [`RESTART_WAIT_MS`], rather than hold the writer back.
+pub(crate) async fn restart_wal(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    let restarted: Result<(i64, i64, i64), sqlx::Error> =
+        sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
+            .fetch_one(&mut *conn)
+            .await;
+    match restarted {
+        Ok((busy, _, _)) => Ok(busy == 0),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -353,7 +411,11 @@ impl ReportStore {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         if !memory {
-            tokio::spawn(checkpoint_wal(pool.clone(), "report store"));
+            tokio::spawn(checkpoint_wal(
+                pool.clone(),
+                options.clone(),
+                "report store",
+            ));
         }
         let write_pool = writer_pool(&pool, options, memory).await?;
         let (writer, rx) = mpsc::channel(4 * MAX_BATCH);
@@ -732,6 +794,87 @@ mod tests {
             after > before + 200 * 2_000,
             "the database file is still {after} bytes (was {before})"
         );
+    }
+
+    /// A connection to the store at `path` as the checkpoint task opens
+    /// it, and the frames the WAL holds (after a passive checkpoint).
+    async fn checkpointer(path: &Path) -> SqliteConnection {
+        SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(Duration::from_millis(RESTART_WAIT_MS))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn wal_frames(conn: &mut SqliteConnection) -> i64 {
+        let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(conn)
+            .await
+            .unwrap();
+        log
+    }
+
+    #[tokio::test]
+    async fn the_wal_starts_over_while_the_writer_goes_on() {
+        // A passive checkpoint never catches up with a writer that commits
+        // meanwhile: without the restart the WAL holds every frame written.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let store = ReportStore::open(&path).await.unwrap();
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..400 {
+                    let mut r = report(&format!("r{i}"));
+                    r.policy_id = "x".repeat(2_000);
+                    store.put(&r).await.unwrap();
+                }
+            })
+        };
+        let mut conn = checkpointer(&path).await;
+        let mut restarts = 0;
+        while !writer.is_finished() {
+            wal_frames(&mut conn).await;
+            if restart_wal(&mut conn).await.unwrap() {
+                restarts += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        writer.await.unwrap();
+        // One more report: the WAL holds what came after the last restart.
+        store.put(&report("last")).await.unwrap();
+        let frames = wal_frames(&mut conn).await;
+        assert!(restarts > 0);
+        assert!(
+            frames < 400,
+            "the WAL holds {frames} frames after 401 reports"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_holding_the_wal_makes_the_restart_give_up_soon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let store = ReportStore::open(&path).await.unwrap();
+        store.put(&report("a")).await.unwrap();
+        let mut reader = checkpointer(&path).await;
+        sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+        let _: Vec<(String,)> = sqlx::query_as("SELECT report_id FROM reports")
+            .fetch_all(&mut reader)
+            .await
+            .unwrap();
+        store.put(&report("b")).await.unwrap();
+        let mut conn = checkpointer(&path).await;
+        let started = std::time::Instant::now();
+        assert!(!restart_wal(&mut conn).await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The writer is not held back once the restart gave up.
+        store.put(&report("c")).await.unwrap();
+        sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+        assert!(restart_wal(&mut conn).await.unwrap());
+        store.put(&report("d")).await.unwrap();
+        assert_eq!(store.get("d").await.unwrap().unwrap().report_id, "d");
     }
 
     #[tokio::test]

@@ -65,7 +65,11 @@ impl SqliteAudit {
             .await?;
         migrator().run(&pool).await?;
         if !memory {
-            tokio::spawn(crate::store::checkpoint_wal(pool.clone(), "audit"));
+            tokio::spawn(crate::store::checkpoint_wal(
+                pool.clone(),
+                options.clone(),
+                "audit",
+            ));
         }
         let writer = crate::store::writer_pool(&pool, options, memory).await?;
         Ok(Self { pool, writer })
