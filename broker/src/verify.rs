@@ -713,7 +713,7 @@ impl Verifier {
             None
         };
         let deadline = Instant::now() + timeout;
-        let report_id = uuid::Uuid::new_v4().to_string();
+        let report_id = new_report_id();
         let purpose = request.purpose();
         // Events are built only for a streaming caller: a unary call does
         // not pay for copies it would throw away.
@@ -1529,6 +1529,15 @@ async fn record_and_store(
     }
 }
 
+/// A new report's id: a UUID of version 7, whose first 48 bits are the
+/// time it was made, so that ids made one after another sort one after
+/// another. The report store's key index then grows at its end: a random
+/// id (version 4) landed on a page of its own in every commit, one page
+/// more to write per report (docs/benchmarks.md, S4).
+fn new_report_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// The outcome of a source that gave no answer, with its status and why.
 fn unanswered(source: &SourceHandle, status: SourceStatus, detail: String) -> SourceOutcome {
     SourceOutcome {
@@ -2090,6 +2099,26 @@ mod tests {
             with(&|r| r.consent_reference = "x".repeat(MAX_CONSENT_REFERENCE + 1)),
             Err("consent_reference")
         );
+    }
+
+    #[tokio::test]
+    async fn report_ids_sort_in_the_order_the_reports_were_made() {
+        let (v, _) = verifier(Duration::ZERO).await;
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let report = v
+                .run(v.validate(Some(request()), None).unwrap(), &caller(), None)
+                .await
+                .unwrap();
+            let id = uuid::Uuid::parse_str(&report.report_id).unwrap();
+            assert_eq!(id.get_version_num(), 7, "{id}");
+            ids.push(report.report_id);
+        }
+        assert!(ids.is_sorted(), "{ids:?}");
+        // Many made at once are distinct and in order too.
+        let many: Vec<String> = (0..10_000).map(|_| new_report_id()).collect();
+        assert!(many.is_sorted());
+        assert!(many.windows(2).all(|w| w[0] != w[1]));
     }
 
     #[tokio::test]
