@@ -796,8 +796,7 @@ mod tests {
         );
     }
 
-    /// A connection to the store at `path` as the checkpoint task opens
-    /// it, and the frames the WAL holds (after a passive checkpoint).
+    /// A connection to the store at `path` as the checkpoint task opens it.
     async fn checkpointer(path: &Path) -> SqliteConnection {
         SqliteConnectOptions::new()
             .filename(path)
@@ -807,6 +806,7 @@ mod tests {
             .unwrap()
     }
 
+    /// The frames the WAL holds (after a passive checkpoint).
     async fn wal_frames(conn: &mut SqliteConnection) -> i64 {
         let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(conn)
