@@ -565,11 +565,12 @@ impl Writer {
         loop {
             let command = match deferred.take() {
                 Some(c) => c,
+                // The tick first when both are ready: its first, at once,
+                // learns how many records' keys wait to be indexed (until
+                // then commits move none), and a steady stream of records
+                // does not put off checkpoints by chance.
                 None => tokio::select! {
-                    c = rx.recv() => match c {
-                        Some(c) => c,
-                        None => break,
-                    },
+                    biased;
                     _ = tick.tick() => {
                         if let Err(e) = self.checkpoint(false).await {
                             warn!(error = %e, "audit checkpoint failed");
@@ -579,6 +580,10 @@ impl Writer {
                         }
                         continue;
                     }
+                    c = rx.recv() => match c {
+                        Some(c) => c,
+                        None => break,
+                    },
                 },
             };
             match command {
