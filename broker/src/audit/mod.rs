@@ -542,6 +542,67 @@ fn log_checkpoint(c: &CheckpointRow) {
     );
 }
 
+/// How long the audit writer waits for more records before it commits a
+/// batch that holds fewer than the last one.
+///
+/// Waiting gathers callers into one commit when they come close together
+/// (each commit is a transaction and an `fsync`), and delays every record
+/// in the batch when nobody else comes. So the writer waits (at most the
+/// last commit's time, and 2 ms) only when the last batch had company and
+/// the records' arrival rate, measured over the last batches, makes
+/// another one likely within the wait. At a few hundred verifications a
+/// second, one at a time, two records now and then share a batch by chance,
+/// and a wait would mostly end with nobody (docs/benchmarks.md, S3).
+#[derive(Debug, Default)]
+struct Linger {
+    /// Records in the last batch.
+    last_batch: usize,
+    /// How long its commit took.
+    last_commit: Duration,
+    /// When the last batch took its first record.
+    last_formed: Option<std::time::Instant>,
+    /// Records arriving per second, smoothed over the last batches.
+    rate: f64,
+}
+
+impl Linger {
+    /// The longest wait.
+    const MAX: Duration = Duration::from_millis(2);
+    /// Weight of the newest batch in the smoothed rate.
+    const WEIGHT: f64 = 0.25;
+
+    /// How long the next batch may wait for more records.
+    fn wait(&self) -> Duration {
+        let wait = self.last_commit.min(Self::MAX);
+        if self.last_batch > 1 && self.rate * wait.as_secs_f64() >= 1.0 {
+            wait
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// A batch of `records`, which took its first record at `formed`,
+    /// committed in `took`.
+    fn committed(&mut self, records: usize, formed: std::time::Instant, took: Duration) {
+        // The batch's records arrived since the last batch took its first.
+        if let Some(gap) = self
+            .last_formed
+            .map(|last| formed.saturating_duration_since(last).as_secs_f64())
+            .filter(|gap| *gap > 0.0)
+        {
+            let rate = records as f64 / gap;
+            self.rate = if self.rate == 0.0 {
+                rate
+            } else {
+                self.rate + Self::WEIGHT * (rate - self.rate)
+            };
+        }
+        self.last_batch = records;
+        self.last_commit = took;
+        self.last_formed = Some(formed);
+    }
+}
+
 /// The single writer: batches, chains, checkpoints.
 struct Writer {
     backend: Arc<dyn AuditBackend>,
@@ -560,8 +621,7 @@ impl Writer {
         let mut tick = tokio::time::interval(Duration::from_millis(self.every_ms.clamp(10, 1000)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deferred: Option<Command> = None;
-        let mut last_batch = 1usize;
-        let mut last_commit = Duration::ZERO;
+        let mut linger = Linger::default();
         loop {
             let command = match deferred.take() {
                 Some(c) => c,
@@ -588,22 +648,18 @@ impl Writer {
             };
             match command {
                 Command::Append(entry, reply) => {
+                    let formed = std::time::Instant::now();
                     let mut batch = vec![(entry, reply)];
                     // Group commit: what queued while the last transaction
-                    // committed, and, when the last batch showed concurrent
-                    // callers, those that arrive within a short linger (at
-                    // most the last commit's time, 2 ms), until as many as
-                    // last time are in.
-                    let linger = if last_batch > 1 {
-                        last_commit.min(Duration::from_millis(2))
-                    } else {
-                        Duration::ZERO
-                    };
-                    let until = tokio::time::Instant::now() + linger;
+                    // committed, and those that arrive within a short
+                    // linger when more are expected ([`Linger`]), until as
+                    // many as last time are in.
+                    let (wait, last_batch) = (linger.wait(), linger.last_batch);
+                    let until = tokio::time::Instant::now() + wait;
                     while batch.len() < self.batch_max {
                         let next = match rx.try_recv() {
                             Ok(c) => Some(c),
-                            Err(_) if batch.len() < last_batch && !linger.is_zero() => {
+                            Err(_) if batch.len() < last_batch && !wait.is_zero() => {
                                 tokio::time::timeout_at(until, rx.recv())
                                     .await
                                     .ok()
@@ -620,13 +676,14 @@ impl Writer {
                             None => break,
                         }
                     }
-                    last_batch = batch.len();
+                    let records = batch.len();
                     let started = std::time::Instant::now();
                     self.append(batch).await;
-                    last_commit = started.elapsed();
+                    let took = started.elapsed();
+                    linger.committed(records, formed, took);
                     let m = crate::telemetry::metrics();
-                    m.audit_commit.record(last_commit.as_secs_f64(), &[]);
-                    m.audit_batch.record(last_batch as u64, &[]);
+                    m.audit_commit.record(took.as_secs_f64(), &[]);
+                    m.audit_batch.record(records as u64, &[]);
                 }
                 Command::Checkpoint(reply) => {
                     let _ = reply.send(self.checkpoint(true).await.map_err(|e| e.to_string()));

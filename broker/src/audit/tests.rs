@@ -472,3 +472,72 @@ async fn callers_arriving_during_a_ping_share_its_answer() {
     }
     assert_eq!(held.pings.load(Ordering::SeqCst), 2);
 }
+
+/// The group commit's wait ([`super::Linger`]), fed batches at chosen
+/// times: it waits only after a batch with company, and only when the
+/// arrival rate makes another record likely within the wait.
+mod linger {
+    use std::time::{Duration, Instant};
+
+    use super::super::Linger;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Batches of `records` taken every `every`, each committing in
+    /// `took`; the linger after the last.
+    fn after(batches: &[(usize, Duration, Duration)]) -> Linger {
+        let mut linger = Linger::default();
+        let mut at = Instant::now();
+        for &(records, every, took) in batches {
+            at += every;
+            linger.committed(records, at, took);
+        }
+        linger
+    }
+
+    #[test]
+    fn nothing_is_awaited_before_the_first_commit_or_after_a_lone_record() {
+        assert_eq!(Linger::default().wait(), Duration::ZERO);
+        // Busy (4,000 records a second) but the last batch was alone.
+        let l = after(&[(20, 5 * MS, 4 * MS), (20, 5 * MS, 4 * MS), (1, 5 * MS, MS)]);
+        assert_eq!(l.wait(), Duration::ZERO);
+    }
+
+    #[test]
+    fn many_callers_close_together_wait_for_each_other() {
+        // 25 records every 7 ms (about 3,600 a second), commits of 5 ms:
+        // the wait is the commit's time, capped at 2 ms.
+        let l = after(&[(25, 7 * MS, 5 * MS); 4]);
+        assert_eq!(l.wait(), 2 * MS);
+        let l = after(&[(25, 7 * MS, 5 * MS), (25, 7 * MS, MS)]);
+        assert_eq!(l.wait(), MS);
+    }
+
+    #[test]
+    fn two_records_together_by_chance_at_a_low_rate_do_not_wait() {
+        // About 375 records a second, one at a time, and then two in one
+        // batch: a wait of the commit's 1.2 ms would expect 0.45 records.
+        let (every, took) = (Duration::from_micros(2_700), Duration::from_micros(1_200));
+        let mut batches = vec![(1, every, took); 8];
+        batches.push((2, 2 * every, took));
+        let l = after(&batches);
+        assert!(l.rate > 300.0 && l.rate < 450.0, "{}", l.rate);
+        assert_eq!(l.wait(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_rate_follows_the_load_down() {
+        // Busy, then a batch of two after a second of quiet.
+        let mut batches = vec![(25, 7 * MS, 2 * MS); 6];
+        let busy = after(&batches);
+        assert_eq!(busy.wait(), 2 * MS);
+        batches.push((2, Duration::from_secs(1), 2 * MS));
+        let quiet = after(&batches);
+        assert!(quiet.rate < busy.rate, "{} {}", quiet.rate, busy.rate);
+        // Still expected within the wait after one quiet gap (smoothed)...
+        assert_eq!(quiet.wait(), 2 * MS);
+        // ...not after a few.
+        batches.extend([(2, Duration::from_secs(1), 2 * MS); 12]);
+        assert_eq!(after(&batches).wait(), Duration::ZERO);
+    }
+}
