@@ -29,6 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // prost's codec with smaller first buffers (src/codec.rs).
         .codec_path("crate::codec::LeanCodec")
+        // Written by hand, to send a report encoded once already
+        // (src/verify_response.rs).
+        .extern_path(
+            ".hedui.v1.VerifyResponse",
+            "crate::verify_response::VerifyResponse",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

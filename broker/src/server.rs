@@ -172,14 +172,12 @@ impl VerificationService for VerificationApi {
                 ));
             }
         };
-        let report = self
+        let (report, encoded) = self
             .verifier
-            .run(valid, &caller, None)
+            .run_encoded(valid, &caller, None)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(VerifyResponse {
-            report: Some(report),
-        }))
+        Ok(Response::new(VerifyResponse::encoded(report, encoded)))
     }
 
     type StreamVerifyStream = EventStream;

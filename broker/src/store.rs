@@ -90,7 +90,7 @@ pub struct StoredReport {
     report_id: String,
     completed_ms: i64,
     verdict: i32,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     pending: bool,
     revision: u32,
     owner: String,
@@ -98,10 +98,12 @@ pub struct StoredReport {
 
 impl StoredReport {
     /// The row of `report`, whose protobuf encoding is `body`
-    /// (`report.encode_to_vec()`), first returned to `owner`.
-    pub fn new(report: &Report, body: Vec<u8>, owner: &str) -> Self {
+    /// (`report.encode_to_vec()`), first returned to `owner`. `body` may
+    /// be shared (a `Bytes` the response sends too).
+    pub fn new(report: &Report, body: impl Into<bytes::Bytes>, owner: &str) -> Self {
+        let body = body.into();
         debug_assert_eq!(
-            body,
+            body.as_ref(),
             report.encode_to_vec(),
             "body is the report's encoding"
         );
@@ -260,7 +262,7 @@ async fn insert(
         row.push_bind(&r.report_id)
             .push_bind(r.completed_ms)
             .push_bind(r.verdict)
-            .push_bind(&r.body)
+            .push_bind(r.body.as_ref())
             .push_bind(i64::from(r.pending))
             .push_bind(i64::from(r.revision))
             .push_bind(&r.owner)

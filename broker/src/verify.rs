@@ -609,6 +609,24 @@ impl Verifier {
         caller: &Caller,
         events: Option<mpsc::Sender<Box<StreamVerifyResponse>>>,
     ) -> Result<Report, VerifyError> {
+        self.run_encoded(valid, caller, events)
+            .await
+            .map(|(report, _)| report)
+    }
+
+    /// [`Self::run`], with the report's protobuf encoding (the one its
+    /// audit record's digest and the report store were given), for a
+    /// caller that sends the report on as it is: `Verify`'s response copies
+    /// it instead of encoding the report again.
+    ///
+    /// # Errors
+    /// As [`Self::run`].
+    pub async fn run_encoded(
+        self: &Arc<Self>,
+        valid: ValidRequest,
+        caller: &Caller,
+        events: Option<mpsc::Sender<Box<StreamVerifyResponse>>>,
+    ) -> Result<(Report, bytes::Bytes), VerifyError> {
         use tracing::Instrument;
         /// Counts a verification in flight until dropped.
         struct InFlight;
@@ -634,7 +652,7 @@ impl Verifier {
         let result = traced.as_mut().await;
         let span = traced.span();
         let verdict = match &result {
-            Ok(report) => {
+            Ok((report, _)) => {
                 span.record("report_id", report.report_id.as_str());
                 hedui_proto::v1::Outcome::try_from(report.verdict)
                     .map_or("unknown", |o| o.as_str_name())
@@ -659,7 +677,7 @@ impl Verifier {
         valid: ValidRequest,
         caller: &Caller,
         events: Option<mpsc::Sender<Box<StreamVerifyResponse>>>,
-    ) -> Result<Report, VerifyError> {
+    ) -> Result<(Report, bytes::Bytes), VerifyError> {
         // This verification works with the setup current now, to its end.
         let setup = self.setup();
         let ValidRequest {
@@ -911,8 +929,8 @@ impl Verifier {
         }
 
         // 4. Recorded, then stored, before it leaves. One encoding serves
-        // the record's digest and the store.
-        let encoded = report.encode_to_vec();
+        // the record's digest, the store and `Verify`'s response.
+        let encoded = bytes::Bytes::from(report.encode_to_vec());
         let mut entry = self.access_entry(&report, &encoded, caller, started.elapsed());
         record_disclosure(&mut entry, &report, returned.iter());
         if redone {
@@ -933,7 +951,7 @@ impl Verifier {
             self.audit.clone(),
             self.store.clone(),
             entry,
-            StoredReport::new(&report, encoded, caller.owner()),
+            StoredReport::new(&report, encoded.clone(), caller.owner()),
         ))
         .await
         .unwrap_or_else(|e| match e.try_into_panic() {
@@ -961,7 +979,7 @@ impl Verifier {
             tokio::spawn(async move { this.complete(completion, late).await });
         }
         send(&|| Event::Report(report.clone()));
-        Ok(report)
+        Ok((report, encoded))
     }
 
     /// Drops every cached answer about `person_id` (a change event about

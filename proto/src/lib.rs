@@ -26,6 +26,8 @@
 #[allow(clippy::all, unreachable_pub, missing_debug_implementations)]
 pub mod v1 {
     tonic::include_proto!("hedui.v1");
+
+    pub use crate::verify_response::VerifyResponse;
 }
 
 /// The encoded `FileDescriptorSet` of every hedui proto file, for gRPC
@@ -35,6 +37,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 pub mod codec;
 pub mod resident_id;
+mod verify_response;
 
 use v1::{CivilDate, FactKind, fact::Value};
 
