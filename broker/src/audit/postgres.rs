@@ -22,6 +22,11 @@ pub struct PostgresAudit {
 
 impl PostgresAudit {
     const NAME: &'static str = "postgres";
+    /// Appends the keys of [`super::store::keys_json`] (the bind between
+    /// this and [`Self::INSERT_KEYS_END`]).
+    const INSERT_KEYS: &'static str = "INSERT INTO audit_index_recent (key, seq) \
+         SELECT value ->> 0, (value ->> 1)::bigint FROM jsonb_array_elements(CAST(";
+    const INSERT_KEYS_END: &'static str = " AS jsonb))";
     const HEAD_FOR_UPDATE: &'static str = "SELECT tree_size, last_leaf, frontier, checkpoint_size, checkpoint_time_ms, pruned_before FROM audit_head WHERE id = 1 FOR UPDATE";
 
     /// Connects to `url`, creates `schema` if missing, and brings the audit

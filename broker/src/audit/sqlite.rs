@@ -26,6 +26,11 @@ pub struct SqliteAudit {
 
 impl SqliteAudit {
     const NAME: &'static str = "sqlite";
+    /// Appends the keys of [`super::store::keys_json`] (the bind between
+    /// this and [`Self::INSERT_KEYS_END`]), in their order.
+    const INSERT_KEYS: &'static str =
+        "INSERT INTO audit_index_recent (key, seq) SELECT value ->> 0, value ->> 1 FROM json_each(";
+    const INSERT_KEYS_END: &'static str = ")";
     /// Takes the write lock and reads the head, in one call.
     const BEGIN_AND_HEAD: &'static str = "BEGIN IMMEDIATE; SELECT tree_size, last_leaf, frontier, checkpoint_size, checkpoint_time_ms, pruned_before FROM audit_head WHERE id = 1";
 
@@ -139,3 +144,45 @@ fn migrator() -> sqlx::migrate::Migrator {
 }
 
 shared_sql!(SqliteAudit, Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::store::{BatchPlan, Row};
+
+    fn plan(records: u64, keys_each: u64) -> BatchPlan {
+        BatchPlan {
+            rows: (0..records)
+                .map(|seq| Row {
+                    seq,
+                    time_ms: 1,
+                    kind: "verification".into(),
+                    request_id: format!("r{seq}"),
+                    client: "c".into(),
+                    operator: String::new(),
+                    purpose: "p".into(),
+                    outcome: "ok".into(),
+                    leaf_hash: vec![0; 32],
+                    body: Some("{}".into()),
+                })
+                .collect(),
+            keys: (0..records)
+                .flat_map(|seq| (0..keys_each).map(move |k| (format!("subject:{k}"), seq)))
+                .collect(),
+            ..BatchPlan::default()
+        }
+    }
+
+    #[test]
+    fn a_commit_is_the_same_statement_whatever_the_number_of_keys() {
+        let sql = |p| {
+            let mut qs = SqliteAudit::plan_statements(p, true);
+            assert_eq!(qs.len(), 1, "one query");
+            qs.pop().unwrap().sql().as_str().to_owned()
+        };
+        let few = sql(plan(3, 2));
+        assert_eq!(few, sql(plan(3, 7)));
+        assert!(few.contains("json_each"), "{few}");
+        assert_ne!(few, sql(plan(4, 2)), "one VALUES row per record");
+    }
+}

@@ -265,6 +265,15 @@ pub(super) const ROWS_PER_INSERT: usize = 500;
 /// `seq` to keep (when purging), the plan to write.
 pub type Planner<'a> = dyn FnMut(Head, Option<u64>) -> Result<BatchPlan, AuditError> + Send + 'a;
 
+/// The keys of a batch as one JSON array of `[key, seq]` pairs, in order,
+/// for the backend's `INSERT_KEYS`: one bound text whatever the number of
+/// keys, so the commit's statement is the same text for batches with the
+/// same number of records (prepared once and cached), where a `VALUES`
+/// row per key made nearly every commit's text new.
+pub(super) fn keys_json(keys: &[(String, u64)]) -> String {
+    serde_json::to_string(keys).expect("strings and integers serialize")
+}
+
 /// Statements under construction: each its own query, or (`one`) all
 /// appended to one multi-statement query (SQLite runs them in order in one
 /// call; bind parameters carry on from statement to statement).
@@ -334,15 +343,10 @@ macro_rules! shared_sql {
                     });
                     rows = rest;
                 }
-                let mut keys = std::mem::take(&mut plan.keys);
-                while !keys.is_empty() {
-                    let rest =
-                        keys.split_off(keys.len().min(4 * $crate::audit::store::ROWS_PER_INSERT));
-                    out.next("INSERT INTO audit_index_recent (key, seq) ")
-                        .push_values(keys, |mut b, (s, seq)| {
-                            b.push_bind(s).push_bind(seq as i64);
-                        });
-                    keys = rest;
+                if !plan.keys.is_empty() {
+                    out.next(Self::INSERT_KEYS)
+                        .push_bind($crate::audit::store::keys_json(&plan.keys))
+                        .push(Self::INSERT_KEYS_END);
                 }
                 if let Some(before) = plan.prune_before {
                     let before = before as i64;

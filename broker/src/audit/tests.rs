@@ -162,6 +162,37 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keys_of_any_text_find_their_records() {
+                // A batch's keys travel as one JSON text: quotes,
+                // backslashes and other scripts must come out as they went in.
+                let dir = tempfile::tempdir().unwrap();
+                let store: TestStore = ($store)(dir.path());
+                let log = store.open().await.unwrap();
+                let key = log.subject_key().clone();
+                let names = ["王\"小\\明", "o'brien", "tab\there", "[1,2]", "案例·审核"];
+                let entries: Vec<_> = names.iter().enumerate().map(|(i, name)| {
+                    let mut e = sample_entry(i, &key);
+                    e.operator = (*name).into();
+                    e
+                }).collect();
+                let ids: Vec<String> = entries.iter().map(|e| e.request_id.clone()).collect();
+                // At once: most share a commit.
+                for r in futures::future::join_all(entries.into_iter().map(|e| log.record(e))).await {
+                    r.unwrap();
+                }
+                for (i, name) in names.iter().enumerate() {
+                    let f = Filter { operator: Some((*name).into()), limit: 10, ..Default::default() };
+                    let rows = log.backend().query(&f).await.unwrap();
+                    let found: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+                    assert_eq!(found, [ids[i].as_str()], "{name:?}");
+                    let subject = key.subject(&sample_id(i, 1));
+                    let f = Filter { subject: Some(subject), limit: 10, ..Default::default() };
+                    assert_eq!(log.backend().query(&f).await.unwrap().len(), 1, "{name:?}");
+                }
+                log.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn every_kind_of_tampering_names_the_first_bad_record() {
                 let dir = tempfile::tempdir().unwrap();
                 let store: TestStore = ($store)(dir.path());
