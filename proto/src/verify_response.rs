@@ -28,7 +28,10 @@ const REPORT_TAG: u32 = 1;
 /// Response of `Verify`.
 #[derive(Clone, Default)]
 pub struct VerifyResponse {
-    /// The consolidated report.
+    /// The consolidated report. Public, as in the generated message, for
+    /// readers of a decoded response; a response made by
+    /// [`VerifyResponse::encoded`] sends the encoding it was given, so its
+    /// report is not to be changed afterwards.
     pub report: Option<Report>,
     /// `report`'s encoding, when the caller had it; `None` once `report`
     /// may have changed (decoding, [`Message::clear`]).
