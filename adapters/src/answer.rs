@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use hedui_proto::v1::{FactKind, LookupRequest, LookupResponse};
 use prost::Message;
 
-use crate::{AdapterError, grpc::MAX_ANSWER_BYTES, mapping::check_fact_values};
+use crate::{AdapterError, grpc::MAX_ANSWER_BYTES, values::check_fact_values};
 
 /// Largest number of facts accepted about one person in one answer.
 pub const MAX_FACTS_PER_PERSON: usize = 1_000;

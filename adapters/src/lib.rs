@@ -30,6 +30,7 @@
 //!   environment only.
 //! - [`answer`]: checks an answer against its request before the broker
 //!   trusts it.
+//! - [`values`]: checks the values of a fact (money, areas, enums, dates).
 
 pub mod answer;
 pub mod auth;
@@ -48,6 +49,7 @@ pub mod server;
 #[cfg(feature = "sql")]
 pub mod sql;
 mod unary;
+pub mod values;
 
 use std::fmt;
 
