@@ -3,7 +3,7 @@
 //! (negative money, an enum value the contract does not define, a date
 //! that is not a date) must become a named error, not a wrong report.
 
-use std::sync::OnceLock;
+use std::{cell::RefCell, collections::HashMap, sync::OnceLock};
 
 use chrono::NaiveDate;
 use hedui_proto::v1::Fact;
@@ -19,21 +19,33 @@ use crate::mapping::descriptor_pool;
 /// # Errors
 /// A message naming the field and the value.
 pub fn check_fact_values(fact: &Fact) -> Result<(), String> {
-    static FACT: OnceLock<MessageDescriptor> = OnceLock::new();
-    let desc = FACT.get_or_init(|| {
-        descriptor_pool()
-            .get_message_by_name("hedui.v1.Fact")
-            .expect("hedui.v1.Fact is described")
-    });
+    thread_local! {
+        /// The encoding of the fact being checked, its capacity kept
+        /// from one fact to the next.
+        static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
     // Every answer's every fact comes here: the encoded fact is walked
-    // first, with no allocation; only a fact that walk finds wrong (or
-    // cannot read) is decoded into a dynamic message, whose walk names
-    // the field.
-    if values_hold(desc, &prost::Message::encode_to_vec(fact), 0) {
+    // first, with the table of the contract's types and no allocation;
+    // only a fact that walk finds wrong (or cannot read) is decoded into a
+    // dynamic message, whose walk names the field.
+    let shapes = shapes();
+    let holds = ENCODED.with_borrow_mut(|buf| {
+        buf.clear();
+        let holds =
+            prost::Message::encode(fact, buf).is_ok() && values_hold(shapes, shapes.fact, buf, 0);
+        if buf.capacity() > KEPT_CAPACITY {
+            *buf = Vec::new();
+        }
+        holds
+    });
+    if holds {
         return Ok(());
     }
-    what_is_wrong(desc, fact)
+    what_is_wrong(&shapes.fact_descriptor, fact)
 }
+
+/// Largest encoding buffer a thread keeps between facts.
+const KEPT_CAPACITY: usize = 64 * 1024;
 
 /// The dynamic-message walk of [`check_fact_values`], naming the field.
 fn what_is_wrong(desc: &MessageDescriptor, fact: &Fact) -> Result<(), String> {
@@ -43,16 +55,154 @@ fn what_is_wrong(desc: &MessageDescriptor, fact: &Fact) -> Result<(), String> {
     check_message(&m, "", 0)
 }
 
-/// Whether the message of type `desc` encoded in `buf` holds to what
+/// What the encoded walk needs to know of the message types a fact can
+/// hold, read once from the descriptors: looking a field up by number is
+/// a binary search in a short slice, not a descriptor lookup.
+struct Shapes {
+    /// Every message type reachable from `hedui.v1.Fact`; a
+    /// [`Check::Message`] is an index into it.
+    all: Vec<Shape>,
+    /// The index of `hedui.v1.Fact`.
+    fact: usize,
+    /// `hedui.v1.Fact`, for the dynamic walk.
+    fact_descriptor: MessageDescriptor,
+}
+
+/// One message type of [`Shapes`].
+struct Shape {
+    /// `hedui.v1.CivilDate`: its year, month and day make a real date.
+    date: bool,
+    /// The type's fields by number, sorted; a number not here is an
+    /// unknown field, skipped as the dynamic walk skips it.
+    fields: Vec<(u32, Rule)>,
+}
+
+/// What holds of one field's values.
+struct Rule {
+    check: Check,
+    /// A repeated field of numbers, which may come packed: the width of
+    /// each (4 or 8 bytes), or `None` for varints.
+    packed: Option<Option<usize>>,
+    /// Money (`*_fen`) or an area (`*_centi_m2`): never negative.
+    non_negative: bool,
+    /// In a `CivilDate`: which part of the date.
+    date_part: Option<DatePart>,
+}
+
+#[derive(Clone, Copy)]
+enum DatePart {
+    Year,
+    Month,
+    Day,
+}
+
+/// How one value of a field is checked.
+enum Check {
+    /// `int64`: negative as a two's complement 64-bit varint.
+    Int64,
+    /// `int32`: negative as its low 32 bits.
+    Int32,
+    /// `sint32`, `sint64`: negative when the zigzag varint's low bit is set.
+    Zigzag,
+    Sfixed32,
+    Sfixed64,
+    /// An enum, with the numbers it defines, sorted.
+    Enum(Vec<i32>),
+    /// A message, by its index in [`Shapes::all`].
+    Message(usize),
+    /// Nothing to check (strings, bytes, unsigned and floating numbers,
+    /// booleans).
+    Any,
+}
+
+fn shapes() -> &'static Shapes {
+    static SHAPES: OnceLock<Shapes> = OnceLock::new();
+    SHAPES.get_or_init(|| {
+        let fact_descriptor = descriptor_pool()
+            .get_message_by_name("hedui.v1.Fact")
+            .expect("hedui.v1.Fact is described");
+        let mut all = Vec::new();
+        let mut index = HashMap::new();
+        let fact = shape_of(&fact_descriptor, &mut all, &mut index);
+        Shapes {
+            all,
+            fact,
+            fact_descriptor,
+        }
+    })
+}
+
+/// The index of `desc`'s shape in `all`, read (with the shapes of the
+/// messages it holds) on first sight.
+fn shape_of(
+    desc: &MessageDescriptor,
+    all: &mut Vec<Shape>,
+    index: &mut HashMap<String, usize>,
+) -> usize {
+    if let Some(&i) = index.get(desc.full_name()) {
+        return i;
+    }
+    let i = all.len();
+    let date = desc.full_name() == "hedui.v1.CivilDate";
+    all.push(Shape {
+        date,
+        fields: Vec::new(),
+    });
+    index.insert(desc.full_name().to_owned(), i);
+    let mut fields = Vec::new();
+    for field in desc.fields() {
+        let kind = field.kind();
+        let check = match &kind {
+            Kind::Int64 => Check::Int64,
+            Kind::Int32 => Check::Int32,
+            Kind::Sint32 | Kind::Sint64 => Check::Zigzag,
+            Kind::Sfixed32 => Check::Sfixed32,
+            Kind::Sfixed64 => Check::Sfixed64,
+            Kind::Enum(e) => {
+                let mut numbers: Vec<i32> = e.values().map(|v| v.number()).collect();
+                numbers.sort_unstable();
+                numbers.dedup();
+                Check::Enum(numbers)
+            }
+            Kind::Message(m) => Check::Message(shape_of(m, all, index)),
+            _ => Check::Any,
+        };
+        let packed = (field.is_list()
+            && !matches!(kind, Kind::String | Kind::Bytes | Kind::Message(_)))
+        .then_some(match kind {
+            Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => Some(4),
+            Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => Some(8),
+            _ => None,
+        });
+        let date_part = match (date, field.name()) {
+            (true, "year") => Some(DatePart::Year),
+            (true, "month") => Some(DatePart::Month),
+            (true, "day") => Some(DatePart::Day),
+            _ => None,
+        };
+        let rule = Rule {
+            check,
+            packed,
+            non_negative: non_negative(&field),
+            date_part,
+        };
+        fields.push((field.number(), rule));
+    }
+    fields.sort_unstable_by_key(|(number, _)| *number);
+    all[i].fields = fields;
+    i
+}
+
+/// Whether the message of shape `shape` encoded in `buf` holds to what
 /// [`check_message`] checks: no negative money or area, no undefined enum
 /// value, every `CivilDate` a real date. `false` also for what it cannot
 /// read; [`check_message`] then says what is wrong.
-fn values_hold(desc: &MessageDescriptor, mut buf: &[u8], depth: usize) -> bool {
+fn values_hold(shapes: &Shapes, shape: usize, mut buf: &[u8], depth: usize) -> bool {
     use prost::encoding::decode_varint;
     if depth > 8 {
         return false;
     }
-    let date = desc.full_name() == "hedui.v1.CivilDate";
+    let shape = &shapes.all[shape];
     let (mut year, mut month, mut day) = (0i64, 0i64, 0i64);
     while !buf.is_empty() {
         let Ok(key) = decode_varint(&mut buf) else {
@@ -61,22 +211,25 @@ fn values_hold(desc: &MessageDescriptor, mut buf: &[u8], depth: usize) -> bool {
         let Ok(number) = u32::try_from(key >> 3) else {
             return false;
         };
-        let field = desc.get_field(number);
-        let kind = field.as_ref().map(FieldDescriptor::kind);
+        let rule = shape
+            .fields
+            .binary_search_by_key(&number, |(n, _)| *n)
+            .ok()
+            .map(|at| &shape.fields[at].1);
         match key & 7 {
             0 => {
                 let Ok(v) = decode_varint(&mut buf) else {
                     return false;
                 };
-                if date {
-                    match field.as_ref().map(FieldDescriptor::name) {
-                        Some("year") => year = i64::from(v as i32),
-                        Some("month") => month = i64::from(v as i32),
-                        Some("day") => day = i64::from(v as i32),
-                        _ => {}
+                if shape.date {
+                    match rule.and_then(|r| r.date_part) {
+                        Some(DatePart::Year) => year = i64::from(v as i32),
+                        Some(DatePart::Month) => month = i64::from(v as i32),
+                        Some(DatePart::Day) => day = i64::from(v as i32),
+                        None => {}
                     }
-                } else if let (Some(f), Some(k)) = (&field, &kind)
-                    && !scalar_holds(f, k, v)
+                } else if let Some(r) = rule
+                    && !scalar_holds(r, v)
                 {
                     return false;
                 }
@@ -86,8 +239,8 @@ fn values_hold(desc: &MessageDescriptor, mut buf: &[u8], depth: usize) -> bool {
                 let Some(b) = take(&mut buf, width) else {
                     return false;
                 };
-                if let (Some(f), Some(k)) = (&field, &kind)
-                    && !fixed_holds(f, k, b)
+                if let Some(r) = rule
+                    && !fixed_holds(r, b)
                 {
                     return false;
                 }
@@ -103,42 +256,31 @@ fn values_hold(desc: &MessageDescriptor, mut buf: &[u8], depth: usize) -> bool {
                     return false;
                 };
                 buf = rest;
-                match (&field, &kind) {
-                    (Some(_), Some(Kind::Message(m))) if !values_hold(m, bytes, depth + 1) => {
+                let Some(r) = rule else { continue };
+                if let Check::Message(m) = r.check {
+                    if !values_hold(shapes, m, bytes, depth + 1) {
                         return false;
                     }
-                    (Some(_), Some(Kind::Message(_))) => {}
-                    // A packed list of numbers.
-                    (Some(f), Some(k))
-                        if f.is_list() && !matches!(k, Kind::String | Kind::Bytes) =>
-                    {
-                        let width = match k {
-                            Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => Some(4),
-                            Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => Some(8),
-                            _ => None,
-                        };
-                        let mut packed = bytes;
-                        while !packed.is_empty() {
-                            let holds =
-                                match width {
-                                    Some(width) => take(&mut packed, width)
-                                        .is_some_and(|b| fixed_holds(f, k, b)),
-                                    None => decode_varint(&mut packed)
-                                        .is_ok_and(|v| scalar_holds(f, k, v)),
-                                };
-                            if !holds {
-                                return false;
+                } else if let Some(width) = r.packed {
+                    let mut packed = bytes;
+                    while !packed.is_empty() {
+                        let holds = match width {
+                            Some(width) => {
+                                take(&mut packed, width).is_some_and(|b| fixed_holds(r, b))
                             }
+                            None => decode_varint(&mut packed).is_ok_and(|v| scalar_holds(r, v)),
+                        };
+                        if !holds {
+                            return false;
                         }
                     }
-                    _ => {}
                 }
             }
             // Groups are not in the contract.
             _ => return false,
         }
     }
-    if date {
+    if shape.date {
         return (1..=9999).contains(&year)
             && day > 0
             && u32::try_from(month)
@@ -154,15 +296,15 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     Some(head)
 }
 
-/// Whether the fixed-width value `b` (4 or 8 little-endian bytes) of
-/// `field` holds: not negative where it must not be.
-fn fixed_holds(field: &FieldDescriptor, kind: &Kind, b: &[u8]) -> bool {
-    let negative = match kind {
-        Kind::Sfixed32 => b.try_into().is_ok_and(|b| i32::from_le_bytes(b) < 0),
-        Kind::Sfixed64 => b.try_into().is_ok_and(|b| i64::from_le_bytes(b) < 0),
+/// Whether the fixed-width value `b` (4 or 8 little-endian bytes) of a
+/// field holds: not negative where it must not be.
+fn fixed_holds(rule: &Rule, b: &[u8]) -> bool {
+    let negative = match rule.check {
+        Check::Sfixed32 => b.try_into().is_ok_and(|b| i32::from_le_bytes(b) < 0),
+        Check::Sfixed64 => b.try_into().is_ok_and(|b| i64::from_le_bytes(b) < 0),
         _ => false,
     };
-    !(negative && non_negative(field))
+    !(negative && rule.non_negative)
 }
 
 /// Whether money and areas are named so: never negative.
@@ -171,17 +313,17 @@ fn non_negative(field: &FieldDescriptor) -> bool {
     name.ends_with("_fen") || name.ends_with("_centi_m2")
 }
 
-/// Whether the varint `v` of `field` (of kind `kind`) holds: not negative
-/// where it must not be, a defined value of an enum.
-fn scalar_holds(field: &FieldDescriptor, kind: &Kind, v: u64) -> bool {
-    let negative = match kind {
-        Kind::Int64 => (v as i64) < 0,
-        Kind::Int32 => (v as i32) < 0,
-        Kind::Sint64 | Kind::Sint32 => v & 1 == 1,
-        Kind::Enum(e) => return e.get_value(v as i32).is_some(),
+/// Whether the varint `v` of a field holds: not negative where it must
+/// not be, a defined value of an enum.
+fn scalar_holds(rule: &Rule, v: u64) -> bool {
+    let negative = match &rule.check {
+        Check::Int64 => (v as i64) < 0,
+        Check::Int32 => (v as i32) < 0,
+        Check::Zigzag => v & 1 == 1,
+        Check::Enum(numbers) => return numbers.binary_search(&(v as i32)).is_ok(),
         _ => false,
     };
-    !(negative && non_negative(field))
+    !(negative && rule.non_negative)
 }
 
 fn check_message(m: &DynamicMessage, path: &str, depth: usize) -> Result<(), String> {
@@ -288,6 +430,66 @@ mod tests {
         );
     }
 
+    /// The table holds every message type a fact can hold, each once, with
+    /// every field and every enum's numbers.
+    #[test]
+    fn the_table_knows_every_field_a_fact_can_hold() {
+        let shapes = shapes();
+        let mut seen = HashMap::new();
+        let mut stack = vec![(shapes.fact_descriptor.clone(), shapes.fact)];
+        while let Some((desc, at)) = stack.pop() {
+            if let Some(before) = seen.insert(desc.full_name().to_owned(), at) {
+                assert_eq!(before, at, "{} has two shapes", desc.full_name());
+                continue;
+            }
+            let shape = &shapes.all[at];
+            assert_eq!(shape.date, desc.full_name() == "hedui.v1.CivilDate");
+            assert_eq!(
+                shape.fields.len(),
+                desc.fields().len(),
+                "{}",
+                desc.full_name()
+            );
+            for field in desc.fields() {
+                let (_, rule) = shape
+                    .fields
+                    .iter()
+                    .find(|(n, _)| *n == field.number())
+                    .unwrap_or_else(|| panic!("{} is not in the table", field.full_name()));
+                assert_eq!(rule.non_negative, non_negative(&field), "{}", field.name());
+                assert_eq!(rule.date_part.is_some(), shape.date, "{}", field.name());
+                match (field.kind(), &rule.check) {
+                    (Kind::Message(m), Check::Message(i)) => stack.push((m, *i)),
+                    (Kind::Enum(e), Check::Enum(numbers)) => {
+                        assert_eq!(numbers.len(), e.values().count(), "{}", e.name());
+                        assert!(numbers.iter().all(|n| e.get_value(*n).is_some()));
+                    }
+                    (Kind::Int64, Check::Int64)
+                    | (Kind::Int32, Check::Int32)
+                    | (Kind::Sint32 | Kind::Sint64, Check::Zigzag)
+                    | (Kind::Sfixed32, Check::Sfixed32)
+                    | (Kind::Sfixed64, Check::Sfixed64) => {}
+                    (
+                        Kind::String
+                        | Kind::Bytes
+                        | Kind::Bool
+                        | Kind::Uint32
+                        | Kind::Uint64
+                        | Kind::Fixed32
+                        | Kind::Fixed64
+                        | Kind::Float
+                        | Kind::Double,
+                        Check::Any,
+                    ) => {}
+                    (kind, _) => panic!("{} of kind {kind:?} has the wrong check", field.name()),
+                }
+            }
+        }
+        assert_eq!(seen.len(), shapes.all.len());
+        assert!(seen.contains_key("hedui.v1.CivilDate"));
+        assert!(seen.len() > 20, "{} message types", seen.len());
+    }
+
     /// The walk over the encoded fact accepts exactly what the dynamic
     /// message walk accepts.
     #[test]
@@ -295,9 +497,8 @@ mod tests {
         use hedui_proto::v1::{
             CivilDate, HouseholdRegistration, RegisteredPerson, SocialAssistance,
         };
-        let desc = descriptor_pool()
-            .get_message_by_name("hedui.v1.Fact")
-            .unwrap();
+        let shapes = shapes();
+        let desc = &shapes.fact_descriptor;
         let fact = |v: Value| Fact {
             record_id: "r".into(),
             as_of: Some(prost_types::Timestamp {
@@ -365,12 +566,16 @@ mod tests {
         ];
         for (i, (f, holds)) in cases.iter().enumerate() {
             let encoded = prost::Message::encode_to_vec(f);
-            assert_eq!(values_hold(&desc, &encoded, 0), *holds, "case {i}");
-            assert_eq!(what_is_wrong(&desc, f).is_ok(), *holds, "case {i}");
+            assert_eq!(
+                values_hold(shapes, shapes.fact, &encoded, 0),
+                *holds,
+                "case {i}"
+            );
+            assert_eq!(what_is_wrong(desc, f).is_ok(), *holds, "case {i}");
             assert_eq!(check_fact_values(f).is_ok(), *holds, "case {i}");
         }
         // What it cannot read is not taken as holding.
-        assert!(!values_hold(&desc, &[0x0a, 0x05, b'r'], 0));
+        assert!(!values_hold(shapes, shapes.fact, &[0x0a, 0x05, b'r'], 0));
         // Mutants of the cases: every byte string that decodes as a fact
         // gets the same verdict from both walks (a fixed xorshift, so the
         // same mutants every run).
@@ -398,8 +603,8 @@ mod tests {
             decoded += 1;
             let encoded = prost::Message::encode_to_vec(&mutant);
             assert_eq!(
-                values_hold(&desc, &encoded, 0),
-                what_is_wrong(&desc, &mutant).is_ok(),
+                values_hold(shapes, shapes.fact, &encoded, 0),
+                what_is_wrong(desc, &mutant).is_ok(),
                 "{mutant:?}"
             );
         }
