@@ -908,7 +908,7 @@ impl Verifier {
                 *o = Some(Box::new(outcome));
             }
         }
-        let returned: Vec<SourceOutcome> = returned.into_iter().flatten().map(|o| *o).collect();
+        let returned = landed(returned);
 
         // 3. Fold, in catalog order.
         let today = crate::time::china_date();
@@ -1023,7 +1023,7 @@ impl Verifier {
                 joined,
             )));
         }
-        let outcomes: Vec<SourceOutcome> = outcomes.into_iter().flatten().map(|o| *o).collect();
+        let outcomes = landed(outcomes);
         let policy = setup.policies.select(&household.region_code, today);
         let mut report = fold(FoldInput {
             report_id: report_id.clone(),
@@ -1468,6 +1468,15 @@ struct Completion {
 /// a pointer until its source answers, where an outcome inline is 200
 /// bytes, 28 of them per verification in flight (docs/benchmarks.md, S5).
 type Slots = Vec<Option<Box<SourceOutcome>>>;
+
+/// The outcomes in `slots`, in order, in a vector allocated once (a
+/// flattened iterator does not know its length, and collecting it grows
+/// the vector, copying the outcomes, as it goes).
+fn landed(slots: Slots) -> Vec<SourceOutcome> {
+    let mut outcomes = Vec::with_capacity(slots.len());
+    outcomes.extend(slots.into_iter().flatten().map(|o| *o));
+    outcomes
+}
 
 /// Reports waiting for late answers, and their subscribers.
 #[derive(Debug, Default)]
