@@ -80,13 +80,21 @@ struct Shape {
 /// What holds of one field's values.
 struct Rule {
     check: Check,
-    /// A repeated field of numbers, which may come packed: the width of
-    /// each (4 or 8 bytes), or `None` for varints.
-    packed: Option<Option<usize>>,
+    /// A repeated field of numbers, which may come packed: how each
+    /// number is written.
+    packed: Option<Packed>,
     /// Money (`*_fen`) or an area (`*_centi_m2`): never negative.
     non_negative: bool,
     /// In a `CivilDate`: which part of the date.
     date_part: Option<DatePart>,
+}
+
+/// How the numbers of a packed list are written.
+#[derive(Clone, Copy)]
+enum Packed {
+    Varints,
+    /// Little-endian, this many bytes each (4 or 8).
+    Fixed(usize),
 }
 
 #[derive(Clone, Copy)]
@@ -170,9 +178,9 @@ fn shape_of(
         let packed = (field.is_list()
             && !matches!(kind, Kind::String | Kind::Bytes | Kind::Message(_)))
         .then_some(match kind {
-            Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => Some(4),
-            Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => Some(8),
-            _ => None,
+            Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => Packed::Fixed(4),
+            Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => Packed::Fixed(8),
+            _ => Packed::Varints,
         });
         let date_part = match (date, field.name()) {
             (true, "year") => Some(DatePart::Year),
@@ -261,14 +269,16 @@ fn values_hold(shapes: &Shapes, shape: usize, mut buf: &[u8], depth: usize) -> b
                     if !values_hold(shapes, m, bytes, depth + 1) {
                         return false;
                     }
-                } else if let Some(width) = r.packed {
+                } else if let Some(written) = r.packed {
                     let mut packed = bytes;
                     while !packed.is_empty() {
-                        let holds = match width {
-                            Some(width) => {
+                        let holds = match written {
+                            Packed::Fixed(width) => {
                                 take(&mut packed, width).is_some_and(|b| fixed_holds(r, b))
                             }
-                            None => decode_varint(&mut packed).is_ok_and(|v| scalar_holds(r, v)),
+                            Packed::Varints => {
+                                decode_varint(&mut packed).is_ok_and(|v| scalar_holds(r, v))
+                            }
                         };
                         if !holds {
                             return false;
