@@ -151,6 +151,14 @@ const INDEX_PENDING_MAX: u64 = 50_000;
 /// peak), long enough for 64 verifications to pile up behind it. A chunk
 /// bounds that pause.
 const INDEX_CHUNK: u64 = 1_000;
+/// Keys of each run a step of a merge of the index's runs moves
+/// ([`AuditBackend::merge_index`]): a step of eight runs writes at most
+/// 16,000 keys, a pause of milliseconds for the records waiting behind it.
+const MERGE_CHUNK: u64 = 2_000;
+/// Merge steps after each move of keys into a new run and on each tick, at
+/// most: enough that merging keeps up with moves (a key is merged again at
+/// most twice), few enough that records do not wait long behind them.
+const MERGE_STEPS: usize = 4;
 
 /// How long the store may take to answer a readiness check.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
@@ -273,6 +281,9 @@ impl AuditLog {
             backend: Arc::clone(&backend),
             indexed: std::sync::atomic::AtomicU64::new(u64::MAX),
             last_index: std::sync::Mutex::new(std::time::Instant::now()),
+            // Merging may have been left under way, or due, at the last
+            // stop: the first tick looks.
+            merging: std::sync::atomic::AtomicBool::new(true),
             signer: signer.clone(),
             every_records: config.checkpoint_every_records,
             every_ms: config.checkpoint_every_ms,
@@ -610,6 +621,8 @@ struct Writer {
     indexed: std::sync::atomic::AtomicU64,
     /// When keys were last moved.
     last_index: std::sync::Mutex<std::time::Instant>,
+    /// Whether the index's runs may need merging.
+    merging: std::sync::atomic::AtomicBool,
     signer: Signer,
     every_records: u64,
     every_ms: u64,
@@ -638,6 +651,7 @@ impl Writer {
                         if let Err(e) = self.index_keys(false).await {
                             warn!(error = %e, "audit indexing failed");
                         }
+                        self.merge_runs().await;
                         continue;
                     }
                     c = rx.recv() => match c {
@@ -678,12 +692,17 @@ impl Writer {
                     }
                     let records = batch.len();
                     let started = std::time::Instant::now();
-                    self.append(batch).await;
+                    let moved = self.append(batch).await;
                     let took = started.elapsed();
                     linger.committed(records, formed, took);
                     let m = crate::telemetry::metrics();
                     m.audit_commit.record(took.as_secs_f64(), &[]);
                     m.audit_batch.record(records as u64, &[]);
+                    if moved {
+                        // A new run: merge a little (the callers of this
+                        // batch have their answers).
+                        self.merge_runs().await;
+                    }
                 }
                 Command::Checkpoint(reply) => {
                     let _ = reply.send(self.checkpoint(true).await.map_err(|e| e.to_string()));
@@ -780,7 +799,9 @@ impl Writer {
             || (new > 0 && now_ms() - head.checkpoint_time_ms >= self.every_ms as i64)
     }
 
-    async fn append(&self, batch: Vec<Pending>) {
+    /// Commits `batch` and answers its callers; whether the commit moved
+    /// keys into a new run.
+    async fn append(&self, batch: Vec<Pending>) -> bool {
         let entries: Vec<&Entry> = batch.iter().map(|(e, _)| e.as_ref()).collect();
         let mut receipts = Vec::new();
         let mut checkpoint = None;
@@ -816,16 +837,39 @@ impl Writer {
                 if let Some(below) = moved {
                     self.indexed
                         .store(below, std::sync::atomic::Ordering::Relaxed);
+                    self.merging
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 for ((_, reply), receipt) in batch.into_iter().zip(receipts) {
                     let _ = reply.send(Ok(receipt));
                 }
+                moved.is_some()
             }
             Err(e) => {
                 error!(error = %e, records = batch.len(), "audit commit failed; the records are not in the log");
                 let message = e.to_string();
                 for (_, reply) in batch {
                     let _ = reply.send(Err(message.clone()));
+                }
+                false
+            }
+        }
+    }
+
+    /// Up to [`MERGE_STEPS`] steps of merging the index's runs, while any
+    /// is due.
+    async fn merge_runs(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for _ in 0..MERGE_STEPS {
+            if !self.merging.load(Relaxed) {
+                return;
+            }
+            match self.backend.merge_index(MERGE_CHUNK).await {
+                Ok(more) => self.merging.store(more, Relaxed),
+                Err(e) => {
+                    // Left for the next tick: queries read every run.
+                    warn!(error = %e, "audit: merging the index's runs failed");
+                    return;
                 }
             }
         }
@@ -882,7 +926,10 @@ impl Writer {
                     ..BatchPlan::default()
                 })
             })
-            .await
+            .await?;
+        self.merging
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Purges the records older than `cutoff` (ms since the epoch).

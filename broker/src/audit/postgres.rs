@@ -84,6 +84,18 @@ impl PostgresAudit {
         Ok(())
     }
 
+    /// [`AuditBackend::merge_index`](super::store::AuditBackend::merge_index)
+    /// in a transaction that holds the head locked, as writers do.
+    async fn merge_locked(&self, chunk: u64) -> Result<bool, AuditError> {
+        let mut tx = self.pool.begin().await?;
+        let _: HeadTuple = sqlx::query_as(Self::HEAD_FOR_UPDATE)
+            .fetch_one(&mut *tx)
+            .await?;
+        let more = Self::merge_on(&mut tx, chunk).await?;
+        tx.commit().await?;
+        Ok(more)
+    }
+
     async fn close_pools(&self) {
         self.pool.close().await;
     }

@@ -93,6 +93,30 @@ impl SqliteAudit {
     ) -> Result<(), AuditError> {
         let mut conn = self.writer.acquire().await?;
         let result = Self::append_on(&mut conn, prune_cutoff_ms, plan).await;
+        Self::rolled_back_on_error(conn, result).await
+    }
+
+    /// [`AuditBackend::merge_index`](super::store::AuditBackend::merge_index)
+    /// on the writer's connection, in a transaction that holds the write
+    /// lock.
+    async fn merge_locked(&self, chunk: u64) -> Result<bool, AuditError> {
+        let mut conn = self.writer.acquire().await?;
+        let result = async {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            let more = Self::merge_on(&mut conn, chunk).await?;
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(more)
+        }
+        .await;
+        Self::rolled_back_on_error(conn, result).await
+    }
+
+    /// `result`, after rolling back the transaction `conn` may hold when it
+    /// is an error.
+    async fn rolled_back_on_error<T>(
+        mut conn: sqlx::pool::PoolConnection<Sqlite>,
+        result: Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
         if result.is_err()
             && let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await
             // BEGIN itself failed: nothing to roll back.

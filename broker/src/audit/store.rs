@@ -7,14 +7,19 @@
 //! - `audit_records`: one row per record: `seq` (the leaf index), the
 //!   columns queries filter on, `leaf_hash`, and `body`, the canonical
 //!   bytes (NULL once purged past retention; the leaf hash stays).
-//! - `audit_index`: `(key, seq)` for what queries look records up by:
-//!   `subject:<keyed hash>` for every person a record concerns (a
-//!   household's history is one index lookup), `client:<identity>`,
-//!   `operator:<id>`. A commit appends a record's keys to
-//!   `audit_index_recent` in `seq` order (random inserts into an index would
-//!   cost a page each, in every commit, while callers wait); the writer
-//!   moves them to `audit_index` in large batches
-//!   ([`BatchPlan::index_keys_below`]). Queries read both.
+//! - `audit_index_runs` and `audit_runs`: `(key, seq)` for what queries
+//!   look records up by: `subject:<keyed hash>` for every person a record
+//!   concerns (a household's history is one lookup per run),
+//!   `client:<identity>`, `operator:<id>`. A commit appends a record's keys
+//!   to `audit_index_recent` in `seq` order (random inserts into an index
+//!   would cost a page each, in every commit, while callers wait); the
+//!   writer moves them in large batches ([`BatchPlan::index_keys_below`])
+//!   into a new *run*: the batch sorted by `(key, seq)`, appended at the end
+//!   of `audit_index_runs` (primary key `(run, key, seq)`), so its pages are
+//!   written once and full, however large the index. The writer merges runs
+//!   of about one size into one, a chunk of keys per step
+//!   ([`AuditBackend::merge_index`], [`merge_window`]), so there are few
+//!   runs; queries probe each run and read the recent table.
 //! - `audit_checkpoints`: signed (tree size, root, time).
 //! - `audit_head`: one row, the tip of the log (size, last leaf, the Merkle
 //!   frontier); writers lock it, so records get consecutive `seq` even with
@@ -98,7 +103,7 @@ pub struct BatchPlan {
     /// Purge the bodies and keys of records below this `seq`.
     pub prune_before: Option<u64>,
     /// Move the keys of the committed records below this `seq` from
-    /// `audit_index_recent` to the indexed `audit_index`.
+    /// `audit_index_recent` into a new run of the index.
     pub index_keys_below: Option<u64>,
 }
 
@@ -163,6 +168,12 @@ pub trait AuditBackend: Send + Sync + fmt::Debug {
 
     /// Leaf hashes of records below `upto`, in order, as `(seq, hash)`.
     async fn leaf_hashes(&self, upto: u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError>;
+
+    /// One step of merging the index's runs, in a write transaction of its
+    /// own: starts a merge when one is due ([`merge_window`]) and moves
+    /// about `chunk` keys of each run being merged. Whether merging is
+    /// left (call again).
+    async fn merge_index(&self, chunk: u64) -> Result<bool, AuditError>;
 
     /// Records matching `filter`, newest first.
     async fn query(&self, filter: &Filter) -> Result<Vec<Row>, AuditError>;
@@ -239,6 +250,55 @@ pub fn index_keys(entry: &super::Entry) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// Keys in a run below which a run is of the lowest tier, divided by
+/// [`RUN_FANIN`]: runs of fewer than `RUN_BASE * RUN_FANIN` keys are tier
+/// 0, then each tier holds runs up to [`RUN_FANIN`] times larger.
+const RUN_BASE: u64 = 4_096;
+/// How many runs of one tier a merge takes.
+pub(super) const RUN_FANIN: usize = 8;
+/// Runs of this tier (from `RUN_BASE * RUN_FANIN.pow(RUN_TOP_TIER)` keys,
+/// 262,144, to eight times that when merged) are not merged again: a key
+/// is rewritten at most this many times after its move, and checking the log
+/// reads a run at a time (`check`), so runs stay of a bounded size.
+const RUN_TOP_TIER: u32 = 2;
+/// More runs below the top tier than this are merged whatever their sizes
+/// and wherever they are (a move of many waiting keys at once, after a
+/// restart, can make a top-tier run newer than smaller ones, which then
+/// never find three more of their tier next to them).
+const RUN_SMALL_MAX: usize = 24;
+
+fn run_tier(keys: u64) -> u32 {
+    let mut tier = 0;
+    let mut limit = RUN_BASE * RUN_FANIN as u64;
+    while keys >= limit && tier < RUN_TOP_TIER {
+        tier += 1;
+        limit *= RUN_FANIN as u64;
+    }
+    tier
+}
+
+/// Which runs the next merge takes (their positions), given the key count
+/// of every run in `seq` order: the oldest [`RUN_FANIN`] adjacent runs of
+/// one tier below the top. Taking the oldest keeps the tiers falling from
+/// old runs to new ([`RUN_FANIN`] runs of tier t make one of tier t + 1, and the run
+/// before them is of a higher tier, or it would have been taken), so there
+/// are at most `RUN_FANIN - 1` runs of each tier below the top and a query
+/// probes few. Past [`RUN_SMALL_MAX`] runs below the top, the oldest
+/// [`RUN_FANIN`] of them, adjacent or not.
+pub fn merge_window(keys: &[u64]) -> Option<Vec<usize>> {
+    let tiers: Vec<u32> = keys.iter().map(|&k| run_tier(k)).collect();
+    if let Some(i) = (0..(tiers.len() + 1).saturating_sub(RUN_FANIN)).find(|&i| {
+        let t = tiers[i];
+        t < RUN_TOP_TIER && tiers[i..i + RUN_FANIN].iter().all(|&x| x == t)
+    }) {
+        return Some((i..i + RUN_FANIN).collect());
+    }
+    let small: Vec<usize> = (0..tiers.len())
+        .filter(|&i| tiers[i] < RUN_TOP_TIER)
+        .collect();
+    (small.len() > RUN_SMALL_MAX).then(|| small[..RUN_FANIN].to_vec())
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
@@ -356,18 +416,48 @@ macro_rules! shared_sql {
                          WHERE body IS NOT NULL AND seq < ",
                     )
                     .push_bind(before);
-                    for table in ["audit_index", "audit_index_recent"] {
-                        out.next(format!("DELETE FROM {table} WHERE seq < "))
-                            .push_bind(before);
-                    }
+                    // Runs wholly below go; the one across the point is
+                    // read through (one run, of bounded size).
+                    out.next(
+                        "DELETE FROM audit_index_runs WHERE run IN \
+                         (SELECT run FROM audit_runs WHERE first_seq < ",
+                    )
+                    .push_bind(before)
+                    .push(") AND seq < ")
+                    .push_bind(before);
+                    out.next("DELETE FROM audit_runs WHERE end_seq <= ")
+                        .push_bind(before);
+                    out.next("UPDATE audit_runs SET first_seq = ")
+                        .push_bind(before)
+                        .push(
+                            ", key_count = (SELECT COUNT(*) FROM audit_index_runs i \
+                             WHERE i.run = audit_runs.run) WHERE first_seq < ",
+                        )
+                        .push_bind(before);
+                    out.next("DELETE FROM audit_index_recent WHERE seq < ")
+                        .push_bind(before);
                 }
                 if let Some(below) = plan.index_keys_below {
+                    // A new run, numbered above every other (so its rows
+                    // go at the end of the table's B-tree), of the keys
+                    // below `below`, sorted.
+                    let below = below as i64;
                     out.next(
-                        "INSERT INTO audit_index (key, seq) SELECT key, seq FROM audit_index_recent WHERE seq < ",
+                        "INSERT INTO audit_runs (run, first_seq, end_seq, key_count) \
+                         SELECT COALESCE((SELECT MAX(run) FROM audit_runs), 0) + 1, \
+                         MIN(seq), MAX(seq) + 1, COUNT(*) FROM audit_index_recent WHERE seq < ",
                     )
-                    .push_bind(below as i64);
+                    .push_bind(below)
+                    .push(" HAVING COUNT(*) > 0");
+                    out.next(
+                        "INSERT INTO audit_index_runs (run, key, seq) \
+                         SELECT (SELECT MAX(run) FROM audit_runs), key, seq \
+                         FROM audit_index_recent WHERE seq < ",
+                    )
+                    .push_bind(below)
+                    .push(" ORDER BY key, seq");
                     out.next("DELETE FROM audit_index_recent WHERE seq < ")
-                        .push_bind(below as i64);
+                        .push_bind(below);
                 }
                 if let Some(c) = plan.checkpoint {
                     out.next(
@@ -476,8 +566,13 @@ macro_rules! shared_sql {
                 to: u64,
             ) -> Result<Vec<(u64, String)>, sqlx::Error> {
                 let rows: Vec<(i64, String)> = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT seq, key FROM audit_index WHERE seq >= ",
+                    "SELECT seq, key FROM audit_index_runs WHERE run IN \
+                     (SELECT run FROM audit_runs WHERE first_seq < ",
                 )
+                .push_bind(to as i64)
+                .push(" AND end_seq > ")
+                .push_bind(from as i64)
+                .push(") AND seq >= ")
                 .push_bind(from as i64)
                 .push(" AND seq < ")
                 .push_bind(to as i64)
@@ -543,7 +638,10 @@ macro_rules! shared_sql {
                 ] {
                     if let Some(v) = value {
                         let key = format!("{prefix}:{v}");
-                        q.push(" AND seq IN (SELECT seq FROM audit_index WHERE key = ")
+                        q.push(
+                            " AND seq IN (SELECT seq FROM audit_index_runs WHERE run IN \
+                             (SELECT run FROM audit_runs) AND key = ",
+                        )
                             .push_bind(key.clone())
                             .push(" UNION ALL SELECT seq FROM audit_index_recent WHERE key = ")
                             .push_bind(key)
@@ -584,6 +682,116 @@ macro_rules! shared_sql {
                     .push_bind(i64::from(f.limit));
                 let rows: Vec<_> = q.build_query_as().fetch_all(&self.pool).await?;
                 Ok(rows.into_iter().map($crate::audit::store::row_of).collect())
+            }
+
+            /// `a, b, c` of the runs `runs`, bound.
+            fn push_runs(q: &mut sqlx::QueryBuilder<$db>, runs: &[i64]) {
+                let mut list = q.separated(", ");
+                for r in runs {
+                    list.push_bind(*r);
+                }
+            }
+
+            /// [`AuditBackend::merge_index`](crate::audit::store::AuditBackend::merge_index)
+            /// in the caller's transaction, which holds the writer's lock.
+            async fn merge_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                chunk: u64,
+            ) -> Result<bool, sqlx::Error> {
+                let runs: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT run, key_count, into_run FROM audit_runs ORDER BY first_seq, run",
+                )
+                .fetch_all(&mut *conn)
+                .await?;
+                let (target, sources) = match runs.iter().find_map(|r| r.2) {
+                    Some(t) => (
+                        t,
+                        runs.iter()
+                            .filter(|r| r.2 == Some(t))
+                            .map(|r| r.0)
+                            .collect::<Vec<_>>(),
+                    ),
+                    None => {
+                        let counts: Vec<u64> =
+                            runs.iter().map(|r| r.1.max(0) as u64).collect();
+                        let Some(window) = $crate::audit::store::merge_window(&counts) else {
+                            return Ok(false);
+                        };
+                        // Numbered above every run, so its rows go at the
+                        // end of the table while no newer run is moved in.
+                        let target = runs.iter().map(|r| r.0).max().unwrap_or(0) + 1;
+                        let sources: Vec<i64> = window.iter().map(|&i| runs[i].0).collect();
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO audit_runs (run, first_seq, end_seq, key_count) SELECT ",
+                        );
+                        q.push_bind(target).push(
+                            ", MIN(first_seq), MAX(end_seq), SUM(key_count) FROM audit_runs \
+                             WHERE run IN (",
+                        );
+                        Self::push_runs(&mut q, &sources);
+                        q.push(")").build().execute(&mut *conn).await?;
+                        let mut q =
+                            sqlx::QueryBuilder::<$db>::new("UPDATE audit_runs SET into_run = ");
+                        q.push_bind(target).push(" WHERE run IN (");
+                        Self::push_runs(&mut q, &sources);
+                        q.push(")").build().execute(&mut *conn).await?;
+                        (target, sources)
+                    }
+                };
+                // The chunk ends at the smallest of the sources' keys
+                // `chunk` rows on: each source gives at most `chunk` + 1
+                // rows, and every key up to the bound moves from every
+                // source, so the target grows in key order.
+                let mut bound: Option<(String, i64)> = None;
+                for run in &sources {
+                    let at: Option<(String, i64)> = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT key, seq FROM audit_index_runs WHERE run = ",
+                    )
+                    .push_bind(*run)
+                    .push(" ORDER BY key, seq LIMIT 1 OFFSET ")
+                    .push_bind(chunk.min(i64::MAX as u64) as i64)
+                    .build_query_as()
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    if let Some(at) = at
+                        && bound.as_ref().is_none_or(|b| at < *b)
+                    {
+                        bound = Some(at);
+                    }
+                }
+                let upto = |q: &mut sqlx::QueryBuilder<$db>| {
+                    Self::push_runs(q, &sources);
+                    q.push(")");
+                    if let Some((key, seq)) = &bound {
+                        q.push(" AND key <= ")
+                            .push_bind(key.clone())
+                            .push(" AND (key < ")
+                            .push_bind(key.clone())
+                            .push(" OR seq <= ")
+                            .push_bind(*seq)
+                            .push(")");
+                    }
+                };
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO audit_index_runs (run, key, seq) SELECT ",
+                );
+                q.push_bind(target)
+                    .push(", key, seq FROM audit_index_runs WHERE run IN (");
+                upto(&mut q);
+                q.push(" ORDER BY key, seq");
+                q.build().execute(&mut *conn).await?;
+                let mut q =
+                    sqlx::QueryBuilder::<$db>::new("DELETE FROM audit_index_runs WHERE run IN (");
+                upto(&mut q);
+                q.build().execute(&mut *conn).await?;
+                if bound.is_none() {
+                    // The sources are empty: the merge is done.
+                    let mut q =
+                        sqlx::QueryBuilder::<$db>::new("DELETE FROM audit_runs WHERE run IN (");
+                    Self::push_runs(&mut q, &sources);
+                    q.push(")").build().execute(&mut *conn).await?;
+                }
+                Ok(true)
             }
 
             async fn head_impl(&self) -> Result<$crate::audit::store::HeadTuple, sqlx::Error> {
@@ -652,6 +860,10 @@ macro_rules! shared_sql {
                 Ok(self.leaf_hashes_impl(upto).await?)
             }
 
+            async fn merge_index(&self, chunk: u64) -> Result<bool, $crate::audit::AuditError> {
+                self.merge_locked(chunk).await
+            }
+
             async fn query(
                 &self,
                 filter: &$crate::audit::store::Filter,
@@ -671,3 +883,97 @@ macro_rules! shared_sql {
 }
 
 pub(super) use shared_sql;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs after moves of `moves` keys each, merged as far as due after
+    /// each move, with `each` called on the runs after every move.
+    fn grow(moves: impl IntoIterator<Item = u64>, mut each: impl FnMut(&[u64])) -> Vec<u64> {
+        let mut runs: Vec<u64> = Vec::new();
+        for m in moves {
+            runs.push(m);
+            while let Some(w) = merge_window(&runs) {
+                let merged = w.iter().map(|&i| runs[i]).sum();
+                // In place of the oldest, as the merged run's seq range
+                // starts there.
+                for &i in w.iter().skip(1).rev() {
+                    runs.remove(i);
+                }
+                runs[w[0]] = merged;
+            }
+            each(&runs);
+        }
+        runs
+    }
+
+    #[test]
+    fn equal_moves_make_few_runs_with_tiers_falling_from_old_to_new() {
+        // 12 million keys in moves of 6,000 (a thousand records' keys).
+        let runs = grow(std::iter::repeat_n(6_000, 2_000), |runs| {
+            let tiers: Vec<u32> = runs.iter().map(|&k| run_tier(k)).collect();
+            assert!(tiers.windows(2).all(|w| w[0] >= w[1]), "{tiers:?}");
+            for t in 0..RUN_TOP_TIER {
+                assert!(
+                    tiers.iter().filter(|&&x| x == t).count() < RUN_FANIN,
+                    "{tiers:?}"
+                );
+            }
+        });
+        assert_eq!(runs.iter().sum::<u64>(), 12_000_000);
+        let top = RUN_BASE * (RUN_FANIN as u64).pow(RUN_TOP_TIER);
+        assert!(runs.iter().all(|&k| k < RUN_FANIN as u64 * top), "{runs:?}");
+        // 12,000,000 / 384,000 top runs, and fewer than RUN_FANIN of each tier
+        // below.
+        assert!(
+            runs.len() <= 32 + (RUN_FANIN - 1) * RUN_TOP_TIER as usize,
+            "{}",
+            runs.len()
+        );
+    }
+
+    #[test]
+    fn uneven_moves_keep_the_runs_below_the_top_bounded() {
+        // Tick moves of a few keys, chunks, and now and then all that
+        // waited after a restart: a top-tier run newer than small ones.
+        let moves = (0..20_000u64).map(|i| match i % 97 {
+            0 => 300_000,
+            n if n % 3 == 0 => 6_000,
+            n => n * 7,
+        });
+        let mut most = 0;
+        grow(moves, |runs| {
+            let small = runs.iter().filter(|&&k| run_tier(k) < RUN_TOP_TIER).count();
+            most = most.max(small);
+        });
+        assert!(most <= RUN_SMALL_MAX, "{most} runs below the top tier");
+    }
+
+    #[test]
+    fn a_merge_takes_the_oldest_runs_of_one_tier() {
+        let f = RUN_FANIN;
+        assert_eq!(merge_window(&[]), None);
+        assert_eq!(merge_window(&vec![10; f - 1]), None);
+        assert_eq!(merge_window(&vec![10; f]), Some((0..f).collect()));
+        let mut runs = vec![100_000, 40_000];
+        runs.extend(vec![10; f + 1]);
+        assert_eq!(merge_window(&runs), Some((2..2 + f).collect()));
+        // Top-tier runs are not merged again.
+        assert_eq!(merge_window(&vec![300_000; 2 * f]), None);
+        // Past the bound, small runs are merged across a large one.
+        let mut runs = vec![300_000];
+        runs.extend(vec![10; f - 1]);
+        let small = |runs: &[u64]| runs.iter().filter(|&&k| k != 300_000).count();
+        while small(&runs) + 3 <= RUN_SMALL_MAX {
+            runs.extend([300_000, 40_000, 10, 10]);
+        }
+        assert_eq!(merge_window(&runs), None);
+        runs.extend([300_000, 40_000, 10, 10]);
+        let oldest: Vec<usize> = (0..runs.len())
+            .filter(|&i| runs[i] != 300_000)
+            .take(f)
+            .collect();
+        assert_eq!(merge_window(&runs), Some(oldest));
+    }
+}

@@ -187,7 +187,8 @@ impl TestStore {
                 for t in [
                     "_sqlx_migrations",
                     "audit_records",
-                    "audit_index",
+                    "audit_index_runs",
+                    "audit_runs",
                     "audit_index_recent",
                     "audit_checkpoints",
                     "audit_head",
