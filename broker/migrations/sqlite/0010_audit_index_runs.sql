@@ -1,5 +1,6 @@
--- The audit index in sorted runs (docs/audit.md, "Storage"). Same tables
--- and meaning as migrations/postgres/0002_audit_index_runs.sql.
+-- The audit index in sorted runs (docs/audit.md, "Storage"). PostgreSQL
+-- keeps audit_index (migrations/postgres/0001_audit.sql): it logs rows,
+-- not pages, and recorded fewer records a second with runs.
 --
 -- audit_index took the recent keys a chunk at a time into one B-tree
 -- ordered by key: the subject keys are keyed hashes, spread evenly, so each

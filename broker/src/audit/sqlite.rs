@@ -26,6 +26,11 @@ pub struct SqliteAudit {
 
 impl SqliteAudit {
     const NAME: &'static str = "sqlite";
+    /// Moved index keys go into sorted runs, merged now and then
+    /// (`migrations/sqlite/0010_audit_index_runs.sql`): SQLite writes a
+    /// whole page to the WAL for every page a commit dirties, and keys
+    /// moved into one key-ordered table dirtied a page each.
+    const INDEX_RUNS: bool = true;
     /// Appends the keys of [`super::store::keys_json`] (the bind between
     /// this and [`Self::INSERT_KEYS_END`]), in their order.
     const INSERT_KEYS: &'static str =
@@ -109,6 +114,118 @@ impl SqliteAudit {
         }
         .await;
         Self::rolled_back_on_error(conn, result).await
+    }
+
+    /// `a, b, c` of the runs `runs`, bound.
+    fn push_runs(q: &mut sqlx::QueryBuilder<Sqlite>, runs: &[i64]) {
+        let mut list = q.separated(", ");
+        for r in runs {
+            list.push_bind(*r);
+        }
+    }
+
+    /// [`AuditBackend::merge_index`](super::store::AuditBackend::merge_index)
+    /// in the caller's transaction, which holds the writer's lock.
+    async fn merge_on(conn: &mut SqliteConnection, chunk: u64) -> Result<bool, sqlx::Error> {
+        let runs: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT run, key_count, into_run FROM audit_runs ORDER BY first_seq, run",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let (target, sources) = match runs.iter().find_map(|r| r.2) {
+            Some(t) => (
+                t,
+                runs.iter()
+                    .filter(|r| r.2 == Some(t))
+                    .map(|r| r.0)
+                    .collect::<Vec<_>>(),
+            ),
+            None => {
+                let counts: Vec<u64> = runs.iter().map(|r| r.1.max(0) as u64).collect();
+                let Some(window) = super::store::merge_window(&counts) else {
+                    return Ok(false);
+                };
+                // Numbered above every run, so its rows go at the
+                // end of the table while no newer run is moved in.
+                let target = runs.iter().map(|r| r.0).max().unwrap_or(0) + 1;
+                let sources: Vec<i64> = window.iter().map(|&i| runs[i].0).collect();
+                let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO audit_runs (run, first_seq, end_seq, key_count) SELECT ",
+                );
+                q.push_bind(target).push(
+                    ", MIN(first_seq), MAX(end_seq), SUM(key_count) FROM audit_runs \
+                     WHERE run IN (",
+                );
+                Self::push_runs(&mut q, &sources);
+                q.push(")").build().execute(&mut *conn).await?;
+                let mut q = sqlx::QueryBuilder::<Sqlite>::new("UPDATE audit_runs SET into_run = ");
+                q.push_bind(target).push(" WHERE run IN (");
+                Self::push_runs(&mut q, &sources);
+                q.push(")").build().execute(&mut *conn).await?;
+                (target, sources)
+            }
+        };
+        // The chunk ends at the smallest of the sources' keys
+        // `chunk` rows on: each source gives at most `chunk` + 1
+        // rows, and every key up to the bound moves from every
+        // source, so the target grows in key order.
+        let mut bound: Option<(String, i64)> = None;
+        for run in &sources {
+            let at: Option<(String, i64)> = sqlx::QueryBuilder::<Sqlite>::new(
+                "SELECT key, seq FROM audit_index_runs WHERE run = ",
+            )
+            .push_bind(*run)
+            .push(" ORDER BY key, seq LIMIT 1 OFFSET ")
+            .push_bind(chunk.min(i64::MAX as u64) as i64)
+            .build_query_as()
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(at) = at
+                && bound.as_ref().is_none_or(|b| at < *b)
+            {
+                bound = Some(at);
+            }
+        }
+        let bounded = |q: &mut sqlx::QueryBuilder<Sqlite>| {
+            if let Some((key, seq)) = &bound {
+                q.push(" AND key <= ")
+                    .push_bind(key.clone())
+                    .push(" AND (key < ")
+                    .push_bind(key.clone())
+                    .push(" OR seq <= ")
+                    .push_bind(*seq)
+                    .push(")");
+            }
+        };
+        // One ordered arm per source, merged as they come (SQLite's
+        // MERGE (UNION ALL), PostgreSQL's Merge Append): no sort.
+        let mut q =
+            sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO audit_index_runs (run, key, seq) ");
+        for (i, run) in sources.iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push("SELECT ")
+                .push_bind(target)
+                .push(", key, seq FROM audit_index_runs WHERE run = ")
+                .push_bind(*run);
+            bounded(&mut q);
+        }
+        q.push(" ORDER BY 2, 3");
+        q.build().execute(&mut *conn).await?;
+        let mut q =
+            sqlx::QueryBuilder::<Sqlite>::new("DELETE FROM audit_index_runs WHERE run IN (");
+        Self::push_runs(&mut q, &sources);
+        q.push(")");
+        bounded(&mut q);
+        q.build().execute(&mut *conn).await?;
+        if bound.is_none() {
+            // The sources are empty: the merge is done.
+            let mut q = sqlx::QueryBuilder::<Sqlite>::new("DELETE FROM audit_runs WHERE run IN (");
+            Self::push_runs(&mut q, &sources);
+            q.push(")").build().execute(&mut *conn).await?;
+        }
+        Ok(true)
     }
 
     /// `result`, after rolling back the transaction `conn` may hold when it

@@ -7,19 +7,23 @@
 //! - `audit_records`: one row per record: `seq` (the leaf index), the
 //!   columns queries filter on, `leaf_hash`, and `body`, the canonical
 //!   bytes (NULL once purged past retention; the leaf hash stays).
-//! - `audit_index_runs` and `audit_runs`: `(key, seq)` for what queries
-//!   look records up by: `subject:<keyed hash>` for every person a record
-//!   concerns (a household's history is one lookup per run),
-//!   `client:<identity>`, `operator:<id>`. A commit appends a record's keys
-//!   to `audit_index_recent` in `seq` order (random inserts into an index
+//! - the index: `(key, seq)` for what queries look records up by:
+//!   `subject:<keyed hash>` for every person a record concerns (a
+//!   household's history is one lookup), `client:<identity>`,
+//!   `operator:<id>`. A commit appends a record's keys to
+//!   `audit_index_recent` in `seq` order (random inserts into an index
 //!   would cost a page each, in every commit, while callers wait); the
-//!   writer moves them in large batches ([`BatchPlan::index_keys_below`])
-//!   into a new *run*: the batch sorted by `(key, seq)`, appended at the end
-//!   of `audit_index_runs` (primary key `(run, key, seq)`), so its pages are
-//!   written once and full, however large the index. The writer merges runs
-//!   of about one size into one, a chunk of keys per step
-//!   ([`AuditBackend::merge_index`], [`merge_window`]), so there are few
-//!   runs; queries probe each run and read the recent table.
+//!   writer moves them in large batches ([`BatchPlan::index_keys_below`]).
+//!   PostgreSQL moves them into `audit_index`, ordered by `(key, seq)`.
+//!   SQLite, which writes every page a commit dirties whole to its WAL
+//!   (and a moved key, a keyed hash, dirties a page of its own), moves them
+//!   into a new *run* (`SqliteAudit::INDEX_RUNS`): the batch sorted by
+//!   `(key, seq)`, appended at the end of `audit_index_runs` (primary key
+//!   `(run, key, seq)`, runs listed in `audit_runs`), so its pages are
+//!   written once and full, however large the index; the writer merges
+//!   runs of about one size into one, a chunk of keys per step
+//!   ([`AuditBackend::merge_index`], [`merge_window`]), so there are few.
+//!   Queries read the index (each run) and the recent table.
 //! - `audit_checkpoints`: signed (tree size, root, time).
 //! - `audit_head`: one row, the tip of the log (size, last leaf, the Merkle
 //!   frontier); writers lock it, so records get consecutive `seq` even with
@@ -103,7 +107,7 @@ pub struct BatchPlan {
     /// Purge the bodies and keys of records below this `seq`.
     pub prune_before: Option<u64>,
     /// Move the keys of the committed records below this `seq` from
-    /// `audit_index_recent` into a new run of the index.
+    /// `audit_index_recent` into the index (a new run, on SQLite).
     pub index_keys_below: Option<u64>,
 }
 
@@ -172,7 +176,7 @@ pub trait AuditBackend: Send + Sync + fmt::Debug {
     /// One step of merging the index's runs, in a write transaction of its
     /// own: starts a merge when one is due ([`merge_window`]) and moves
     /// about `chunk` keys of each run being merged. Whether merging is
-    /// left (call again).
+    /// left (call again). A store without runs (PostgreSQL) has none.
     async fn merge_index(&self, chunk: u64) -> Result<bool, AuditError>;
 
     /// Records matching `filter`, newest first.
@@ -416,6 +420,10 @@ macro_rules! shared_sql {
                          WHERE body IS NOT NULL AND seq < ",
                     )
                     .push_bind(before);
+                    if !Self::INDEX_RUNS {
+                        out.next("DELETE FROM audit_index WHERE seq < ")
+                            .push_bind(before);
+                    } else {
                     // Runs wholly below go; the one across the point is
                     // read through (one run, of bounded size).
                     out.next(
@@ -434,10 +442,20 @@ macro_rules! shared_sql {
                              WHERE i.run = audit_runs.run) WHERE first_seq < ",
                         )
                         .push_bind(before);
+                    }
                     out.next("DELETE FROM audit_index_recent WHERE seq < ")
                         .push_bind(before);
                 }
-                if let Some(below) = plan.index_keys_below {
+                if let Some(below) = plan.index_keys_below
+                    && !Self::INDEX_RUNS
+                {
+                    out.next(
+                        "INSERT INTO audit_index (key, seq) SELECT key, seq FROM audit_index_recent WHERE seq < ",
+                    )
+                    .push_bind(below as i64);
+                    out.next("DELETE FROM audit_index_recent WHERE seq < ")
+                        .push_bind(below as i64);
+                } else if let Some(below) = plan.index_keys_below {
                     // A new run, numbered above every other (so its rows
                     // go at the end of the table's B-tree), of the keys
                     // below `below`, sorted.
@@ -565,14 +583,20 @@ macro_rules! shared_sql {
                 from: u64,
                 to: u64,
             ) -> Result<Vec<(u64, String)>, sqlx::Error> {
-                let rows: Vec<(i64, String)> = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT seq, key FROM audit_index_runs WHERE run IN \
-                     (SELECT run FROM audit_runs WHERE first_seq < ",
-                )
-                .push_bind(to as i64)
-                .push(" AND end_seq > ")
-                .push_bind(from as i64)
-                .push(") AND seq >= ")
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT seq, key FROM ");
+                if Self::INDEX_RUNS {
+                    q.push(
+                        "audit_index_runs WHERE run IN \
+                         (SELECT run FROM audit_runs WHERE first_seq < ",
+                    )
+                    .push_bind(to as i64)
+                    .push(" AND end_seq > ")
+                    .push_bind(from as i64)
+                    .push(") AND seq >= ");
+                } else {
+                    q.push("audit_index WHERE seq >= ");
+                }
+                let rows: Vec<(i64, String)> = q
                 .push_bind(from as i64)
                 .push(" AND seq < ")
                 .push_bind(to as i64)
@@ -638,10 +662,12 @@ macro_rules! shared_sql {
                 ] {
                     if let Some(v) = value {
                         let key = format!("{prefix}:{v}");
-                        q.push(
+                        q.push(if Self::INDEX_RUNS {
                             " AND seq IN (SELECT seq FROM audit_index_runs WHERE run IN \
-                             (SELECT run FROM audit_runs) AND key = ",
-                        )
+                             (SELECT run FROM audit_runs) AND key = "
+                        } else {
+                            " AND seq IN (SELECT seq FROM audit_index WHERE key = "
+                        })
                             .push_bind(key.clone())
                             .push(" UNION ALL SELECT seq FROM audit_index_recent WHERE key = ")
                             .push_bind(key)
@@ -682,116 +708,6 @@ macro_rules! shared_sql {
                     .push_bind(i64::from(f.limit));
                 let rows: Vec<_> = q.build_query_as().fetch_all(&self.pool).await?;
                 Ok(rows.into_iter().map($crate::audit::store::row_of).collect())
-            }
-
-            /// `a, b, c` of the runs `runs`, bound.
-            fn push_runs(q: &mut sqlx::QueryBuilder<$db>, runs: &[i64]) {
-                let mut list = q.separated(", ");
-                for r in runs {
-                    list.push_bind(*r);
-                }
-            }
-
-            /// [`AuditBackend::merge_index`](crate::audit::store::AuditBackend::merge_index)
-            /// in the caller's transaction, which holds the writer's lock.
-            async fn merge_on(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                chunk: u64,
-            ) -> Result<bool, sqlx::Error> {
-                let runs: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
-                    "SELECT run, key_count, into_run FROM audit_runs ORDER BY first_seq, run",
-                )
-                .fetch_all(&mut *conn)
-                .await?;
-                let (target, sources) = match runs.iter().find_map(|r| r.2) {
-                    Some(t) => (
-                        t,
-                        runs.iter()
-                            .filter(|r| r.2 == Some(t))
-                            .map(|r| r.0)
-                            .collect::<Vec<_>>(),
-                    ),
-                    None => {
-                        let counts: Vec<u64> =
-                            runs.iter().map(|r| r.1.max(0) as u64).collect();
-                        let Some(window) = $crate::audit::store::merge_window(&counts) else {
-                            return Ok(false);
-                        };
-                        // Numbered above every run, so its rows go at the
-                        // end of the table while no newer run is moved in.
-                        let target = runs.iter().map(|r| r.0).max().unwrap_or(0) + 1;
-                        let sources: Vec<i64> = window.iter().map(|&i| runs[i].0).collect();
-                        let mut q = sqlx::QueryBuilder::<$db>::new(
-                            "INSERT INTO audit_runs (run, first_seq, end_seq, key_count) SELECT ",
-                        );
-                        q.push_bind(target).push(
-                            ", MIN(first_seq), MAX(end_seq), SUM(key_count) FROM audit_runs \
-                             WHERE run IN (",
-                        );
-                        Self::push_runs(&mut q, &sources);
-                        q.push(")").build().execute(&mut *conn).await?;
-                        let mut q =
-                            sqlx::QueryBuilder::<$db>::new("UPDATE audit_runs SET into_run = ");
-                        q.push_bind(target).push(" WHERE run IN (");
-                        Self::push_runs(&mut q, &sources);
-                        q.push(")").build().execute(&mut *conn).await?;
-                        (target, sources)
-                    }
-                };
-                // The chunk ends at the smallest of the sources' keys
-                // `chunk` rows on: each source gives at most `chunk` + 1
-                // rows, and every key up to the bound moves from every
-                // source, so the target grows in key order.
-                let mut bound: Option<(String, i64)> = None;
-                for run in &sources {
-                    let at: Option<(String, i64)> = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT key, seq FROM audit_index_runs WHERE run = ",
-                    )
-                    .push_bind(*run)
-                    .push(" ORDER BY key, seq LIMIT 1 OFFSET ")
-                    .push_bind(chunk.min(i64::MAX as u64) as i64)
-                    .build_query_as()
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    if let Some(at) = at
-                        && bound.as_ref().is_none_or(|b| at < *b)
-                    {
-                        bound = Some(at);
-                    }
-                }
-                let upto = |q: &mut sqlx::QueryBuilder<$db>| {
-                    Self::push_runs(q, &sources);
-                    q.push(")");
-                    if let Some((key, seq)) = &bound {
-                        q.push(" AND key <= ")
-                            .push_bind(key.clone())
-                            .push(" AND (key < ")
-                            .push_bind(key.clone())
-                            .push(" OR seq <= ")
-                            .push_bind(*seq)
-                            .push(")");
-                    }
-                };
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO audit_index_runs (run, key, seq) SELECT ",
-                );
-                q.push_bind(target)
-                    .push(", key, seq FROM audit_index_runs WHERE run IN (");
-                upto(&mut q);
-                q.push(" ORDER BY key, seq");
-                q.build().execute(&mut *conn).await?;
-                let mut q =
-                    sqlx::QueryBuilder::<$db>::new("DELETE FROM audit_index_runs WHERE run IN (");
-                upto(&mut q);
-                q.build().execute(&mut *conn).await?;
-                if bound.is_none() {
-                    // The sources are empty: the merge is done.
-                    let mut q =
-                        sqlx::QueryBuilder::<$db>::new("DELETE FROM audit_runs WHERE run IN (");
-                    Self::push_runs(&mut q, &sources);
-                    q.push(")").build().execute(&mut *conn).await?;
-                }
-                Ok(true)
             }
 
             async fn head_impl(&self) -> Result<$crate::audit::store::HeadTuple, sqlx::Error> {

@@ -73,6 +73,16 @@ impl TestStore {
         }
     }
 
+    /// The table the index keeps moved keys in: SQLite's runs
+    /// (`migrations/sqlite/0010_audit_index_runs.sql`), PostgreSQL's one
+    /// table.
+    pub fn index_table(&self) -> &'static str {
+        match self.config.backend {
+            BackendKind::Sqlite => "audit_index_runs",
+            BackendKind::Postgres => "audit_index",
+        }
+    }
+
     /// Opens the log (writer included).
     ///
     /// # Errors
@@ -187,8 +197,7 @@ impl TestStore {
                 for t in [
                     "_sqlx_migrations",
                     "audit_records",
-                    "audit_index_runs",
-                    "audit_runs",
+                    "audit_index",
                     "audit_index_recent",
                     "audit_checkpoints",
                     "audit_head",

@@ -88,7 +88,7 @@ macro_rules! suite {
                 let chunk = super::super::INDEX_CHUNK as i64;
                 assert!(waiting < n as i64 - chunk, "{waiting} of {n} records' keys wait");
                 let indexed = store
-                    .count("SELECT COUNT(DISTINCT seq) FROM audit_index_runs")
+                    .count(&format!("SELECT COUNT(DISTINCT seq) FROM {}", store.index_table()))
                     .await
                     .unwrap();
                 assert!(indexed >= chunk, "{indexed} records' keys indexed");
@@ -202,11 +202,14 @@ macro_rules! suite {
                 let key = log.public_key_hex();
                 log.close().await;
                 assert!(verify(&store, &key).await.ok());
+                let index = store.index_table();
+                let subject = format!("DELETE FROM {index} WHERE seq = 42 AND key LIKE 'subject:%'");
+                let operator = format!("UPDATE {index} SET key = 'operator:someone' WHERE seq = 39 AND key LIKE 'operator:%'");
                 let cases = [
                     ("field", "UPDATE audit_records SET operator = 'forged' WHERE seq = 40", 40),
                     ("body", "UPDATE audit_records SET body = REPLACE(body, '\"latency_ms\":', '\"latency_ms\":1') WHERE seq = 41", 41),
-                    ("subject", "DELETE FROM audit_index_runs WHERE seq = 42 AND key LIKE 'subject:%'", 42),
-                    ("operator", "UPDATE audit_index_runs SET key = 'operator:someone' WHERE seq = 39 AND key LIKE 'operator:%'", 39),
+                    ("subject", subject.as_str(), 42),
+                    ("operator", operator.as_str(), 39),
                     ("delete", "DELETE FROM audit_records WHERE seq = 43", 43),
                     ("renumbered", "DELETE FROM audit_records WHERE seq = 44; UPDATE audit_records SET seq = -seq WHERE seq > 44; UPDATE audit_records SET seq = -seq - 1 WHERE seq < 0", 44),
                     ("insert", "UPDATE audit_records SET seq = -seq - 1 WHERE seq >= 45; UPDATE audit_records SET seq = -seq WHERE seq < 0; INSERT INTO audit_records SELECT 45, time_ms, kind, request_id, client, operator, purpose, outcome, leaf_hash, body FROM audit_records WHERE seq = 10", 45),
@@ -266,94 +269,6 @@ macro_rules! suite {
                 // A purge clears these columns: a value put back is tampering.
                 let bad = tampered(&store, "refilled", "UPDATE audit_records SET client = '10.9.9.9' WHERE seq = 7", &pk).await;
                 assert_eq!(bad, Some(7));
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn runs_of_keys_merge_a_chunk_at_a_time_and_purge_with_their_records() {
-                let dir = tempfile::tempdir().unwrap();
-                let store: TestStore = ($store)(dir.path());
-                let old = now_ms() - 4 * 366 * 86_400_000;
-                let log = store.open().await.unwrap();
-                let key = log.subject_key().clone();
-                for i in 0..400 {
-                    let mut e = sample_entry(i, &key);
-                    if i < 150 {
-                        e.time_ms = old + i as i64;
-                    }
-                    assert_eq!(log.record(e).await.unwrap().seq, i as u64);
-                }
-                let pk = log.public_key_hex();
-                // Every key is in a run after the close.
-                log.close().await;
-                assert_eq!(store.count("SELECT COUNT(*) FROM audit_index_recent").await.unwrap(), 0);
-                // Made as many runs as a merge takes, of 400 / RUN_FANIN
-                // records each, as that many moves would (when the writer
-                // moved keys and merged runs on its own depends on time).
-                let fanin = super::super::store::RUN_FANIN;
-                store
-                    .exec(&format!(
-                        "INSERT INTO audit_index_runs (run, key, seq) \
-                         SELECT 1000 + seq / {}, key, seq FROM audit_index_runs WHERE run < 1000; \
-                         DELETE FROM audit_index_runs WHERE run < 1000; \
-                         DELETE FROM audit_runs; \
-                         INSERT INTO audit_runs (run, first_seq, end_seq, key_count) \
-                         SELECT run, MIN(seq), MAX(seq) + 1, COUNT(*) FROM audit_index_runs GROUP BY run",
-                        400 / fanin
-                    ))
-                    .await
-                    .unwrap();
-                let runs = || store.count("SELECT COUNT(*) FROM audit_runs");
-                assert_eq!(runs().await.unwrap(), fanin as i64);
-                let backend = store.backend().await.unwrap();
-                let keys = backend.keys_between(0, 400).await.unwrap();
-                // Three subjects, a client and an operator each.
-                assert_eq!(keys.len(), 400 * 5);
-                let found = |backend: &Arc<dyn AuditBackend>, i: usize| {
-                    let f = Filter {
-                        subject: Some(key.subject(&sample_id(i, 1))),
-                        limit: 10,
-                        ..Default::default()
-                    };
-                    let backend = backend.clone();
-                    async move { backend.query(&f).await.unwrap().len() }
-                };
-                let mut steps = 0;
-                // Keys a run, and about a fifth of them at a step.
-                let each = 400 / fanin as u64 * 5;
-                while backend.merge_index(each / 5).await.unwrap() {
-                    steps += 1;
-                    assert!(steps < 100, "a merge ends");
-                    if steps == 2 {
-                        // Halfway, each key is in the new run or its old
-                        // one, never both.
-                        assert_eq!(runs().await.unwrap(), fanin as i64 + 1);
-                        assert_eq!(backend.keys_between(0, 400).await.unwrap(), keys);
-                        for i in (0..400).step_by(7) {
-                            assert_eq!(found(&backend, i).await, 1, "record {i}");
-                        }
-                    }
-                }
-                assert!((4..=7).contains(&steps), "{steps} steps");
-                assert_eq!(runs().await.unwrap(), 1);
-                assert_eq!(backend.keys_between(0, 400).await.unwrap(), keys);
-                for i in (0..400).step_by(7) {
-                    assert_eq!(found(&backend, i).await, 1, "record {i}");
-                }
-                backend.close().await;
-                // A purge takes the keys of the purged records out of the
-                // run they are in.
-                let log = store.open().await.unwrap();
-                let purged = log.purge(now_ms()).await.unwrap();
-                assert_eq!((purged.records, purged.before), (150, 150));
-                let backend = log.backend().clone();
-                let kept: Vec<_> = keys.iter().filter(|(seq, _)| *seq >= 150).cloned().collect();
-                assert_eq!(backend.keys_between(0, 400).await.unwrap(), kept);
-                assert_eq!(found(&backend, 3).await, 0);
-                assert_eq!(found(&backend, 153).await, 1);
-                log.close().await;
-                let report = verify(&store, &pk).await;
-                assert!(report.ok(), "{report}");
-                assert_eq!((report.records, report.purged), (401, 150));
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,6 +383,106 @@ suite!(postgres_sha256, |_: &std::path::Path| TestStore::postgres(
 suite!(postgres_sm3, |_: &std::path::Path| TestStore::postgres(
     Suite::Sm3Sm2
 ));
+
+// SQLite keeps moved keys in sorted runs and merges them (store.rs,
+// merge_window); PostgreSQL keeps one index table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_keys_merge_a_chunk_at_a_time_and_purge_with_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::sqlite(dir.path(), "a", Suite::Sha256Ed25519);
+    let old = now_ms() - 4 * 366 * 86_400_000;
+    let log = store.open().await.unwrap();
+    let key = log.subject_key().clone();
+    for i in 0..400 {
+        let mut e = sample_entry(i, &key);
+        if i < 150 {
+            e.time_ms = old + i as i64;
+        }
+        assert_eq!(log.record(e).await.unwrap().seq, i as u64);
+    }
+    let pk = log.public_key_hex();
+    // Every key is in a run after the close.
+    log.close().await;
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM audit_index_recent")
+            .await
+            .unwrap(),
+        0
+    );
+    // Made as many runs as a merge takes, of 400 / RUN_FANIN
+    // records each, as that many moves would (when the writer
+    // moved keys and merged runs on its own depends on time).
+    let fanin = super::store::RUN_FANIN;
+    store
+        .exec(&format!(
+            "INSERT INTO audit_index_runs (run, key, seq) \
+                 SELECT 1000 + seq / {}, key, seq FROM audit_index_runs WHERE run < 1000; \
+                 DELETE FROM audit_index_runs WHERE run < 1000; \
+                 DELETE FROM audit_runs; \
+                 INSERT INTO audit_runs (run, first_seq, end_seq, key_count) \
+                 SELECT run, MIN(seq), MAX(seq) + 1, COUNT(*) FROM audit_index_runs GROUP BY run",
+            400 / fanin
+        ))
+        .await
+        .unwrap();
+    let runs = || store.count("SELECT COUNT(*) FROM audit_runs");
+    assert_eq!(runs().await.unwrap(), fanin as i64);
+    let backend = store.backend().await.unwrap();
+    let keys = backend.keys_between(0, 400).await.unwrap();
+    // Three subjects, a client and an operator each.
+    assert_eq!(keys.len(), 400 * 5);
+    let found = |backend: &Arc<dyn AuditBackend>, i: usize| {
+        let f = Filter {
+            subject: Some(key.subject(&sample_id(i, 1))),
+            limit: 10,
+            ..Default::default()
+        };
+        let backend = backend.clone();
+        async move { backend.query(&f).await.unwrap().len() }
+    };
+    let mut steps = 0;
+    // Keys a run, and about a fifth of them at a step.
+    let each = 400 / fanin as u64 * 5;
+    while backend.merge_index(each / 5).await.unwrap() {
+        steps += 1;
+        assert!(steps < 100, "a merge ends");
+        if steps == 2 {
+            // Halfway, each key is in the new run or its old
+            // one, never both.
+            assert_eq!(runs().await.unwrap(), fanin as i64 + 1);
+            assert_eq!(backend.keys_between(0, 400).await.unwrap(), keys);
+            for i in (0..400).step_by(7) {
+                assert_eq!(found(&backend, i).await, 1, "record {i}");
+            }
+        }
+    }
+    assert!((4..=7).contains(&steps), "{steps} steps");
+    assert_eq!(runs().await.unwrap(), 1);
+    assert_eq!(backend.keys_between(0, 400).await.unwrap(), keys);
+    for i in (0..400).step_by(7) {
+        assert_eq!(found(&backend, i).await, 1, "record {i}");
+    }
+    backend.close().await;
+    // A purge takes the keys of the purged records out of the
+    // run they are in.
+    let log = store.open().await.unwrap();
+    let purged = log.purge(now_ms()).await.unwrap();
+    assert_eq!((purged.records, purged.before), (150, 150));
+    let backend = log.backend().clone();
+    let kept: Vec<_> = keys
+        .iter()
+        .filter(|(seq, _)| *seq >= 150)
+        .cloned()
+        .collect();
+    assert_eq!(backend.keys_between(0, 400).await.unwrap(), kept);
+    assert_eq!(found(&backend, 3).await, 0);
+    assert_eq!(found(&backend, 153).await, 1);
+    log.close().await;
+    let report = verify(&store, &pk).await;
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.records, report.purged), (401, 150));
+}
 
 /// A store that counts its pings and holds each until told to answer,
 /// failing them when `down`.
