@@ -34,7 +34,7 @@ use super::{
 const PAGE: u32 = 2000;
 /// Index keys are read for this many records at a time: the index keeps
 /// each run's keys in key order, so reading the keys of some records reads
-/// through every run they are in (up to about a million keys each); read a
+/// through every run they are in (up to about two million keys each); read a
 /// page at a time, a large run would be read hundreds of times. About 60 MB
 /// of keys at six keys a record.
 const KEY_WINDOW: u64 = 100_000;

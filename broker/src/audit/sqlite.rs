@@ -145,8 +145,8 @@ impl SqliteAudit {
                 let Some(window) = super::store::merge_window(&counts) else {
                     return Ok(false);
                 };
-                // Numbered above every run, so its rows go at the
-                // end of the table while no newer run is moved in.
+                // Numbered above every run, so its rows go at the end of the
+                // table while no newer run is moved in.
                 let target = runs.iter().map(|r| r.0).max().unwrap_or(0) + 1;
                 let sources: Vec<i64> = window.iter().map(|&i| runs[i].0).collect();
                 let mut q = sqlx::QueryBuilder::<Sqlite>::new(
@@ -165,10 +165,10 @@ impl SqliteAudit {
                 (target, sources)
             }
         };
-        // The chunk ends at the smallest of the sources' keys
-        // `chunk` rows on: each source gives at most `chunk` + 1
-        // rows, and every key up to the bound moves from every
-        // source, so the target grows in key order.
+        // The chunk ends at the smallest of the sources' keys `chunk` rows
+        // on: each source gives at most `chunk` + 1 rows, and every key up
+        // to the bound moves from every source, so the target grows in key
+        // order.
         let mut bound: Option<(String, i64)> = None;
         for run in &sources {
             let at: Option<(String, i64)> = sqlx::QueryBuilder::<Sqlite>::new(
@@ -197,8 +197,8 @@ impl SqliteAudit {
                     .push(")");
             }
         };
-        // One ordered arm per source, merged as they come (SQLite's
-        // MERGE (UNION ALL), PostgreSQL's Merge Append): no sort.
+        // One ordered arm per source, merged as they come (a MERGE
+        // (UNION ALL) of the runs' primary-key order): no sort.
         let mut q =
             sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO audit_index_runs (run, key, seq) ");
         for (i, run) in sources.iter().enumerate() {

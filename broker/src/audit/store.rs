@@ -264,13 +264,14 @@ const RUN_BASE: u64 = 4_096;
 pub(super) const RUN_FANIN: usize = 8;
 /// Runs of this tier (from `RUN_BASE * RUN_FANIN.pow(RUN_TOP_TIER)` keys,
 /// 262,144, to eight times that when merged) are not merged again: a key
-/// is rewritten at most this many times after its move, and checking the log
-/// reads a run at a time (`check`), so runs stay of a bounded size.
+/// is rewritten at most this many times after its move, and `audit verify`
+/// reads through every run the records it checks are in (`check`'s
+/// `KEY_WINDOW`), so runs stay of a bounded size.
 const RUN_TOP_TIER: u32 = 2;
 /// More runs below the top tier than this are merged whatever their sizes
 /// and wherever they are (a move of many waiting keys at once, after a
 /// restart, can make a top-tier run newer than smaller ones, which then
-/// never find three more of their tier next to them).
+/// never find enough of their tier next to them).
 const RUN_SMALL_MAX: usize = 24;
 
 fn run_tier(keys: u64) -> u32 {
@@ -286,10 +287,10 @@ fn run_tier(keys: u64) -> u32 {
 /// Which runs the next merge takes (their positions), given the key count
 /// of every run in `seq` order: the oldest [`RUN_FANIN`] adjacent runs of
 /// one tier below the top. Taking the oldest keeps the tiers falling from
-/// old runs to new ([`RUN_FANIN`] runs of tier t make one of tier t + 1, and the run
-/// before them is of a higher tier, or it would have been taken), so there
-/// are at most `RUN_FANIN - 1` runs of each tier below the top and a query
-/// probes few. Past [`RUN_SMALL_MAX`] runs below the top, the oldest
+/// old runs to new ([`RUN_FANIN`] runs of tier t make one of tier t + 1,
+/// or of tier 0 when they are that small, and the run before them is of a
+/// higher tier, or it would have been taken), so there are at most
+/// `RUN_FANIN - 1` runs of each tier below the top and a query probes few. Past [`RUN_SMALL_MAX`] runs below the top, the oldest
 /// [`RUN_FANIN`] of them, adjacent or not.
 pub fn merge_window(keys: &[u64]) -> Option<Vec<usize>> {
     let tiers: Vec<u32> = keys.iter().map(|&k| run_tier(k)).collect();
