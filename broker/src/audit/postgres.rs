@@ -11,7 +11,7 @@ use sqlx::{
 
 use super::{
     AuditError,
-    store::{HeadTuple, Planner, shared_sql},
+    store::{HeadTuple, Planner, Statements, shared_sql},
 };
 
 /// The audit store in a PostgreSQL schema.
@@ -22,13 +22,8 @@ pub struct PostgresAudit {
 
 impl PostgresAudit {
     const NAME: &'static str = "postgres";
-    /// Moved index keys go into one table, `audit_index`: PostgreSQL logs
-    /// changed rows, not pages (but for a page's first change after a
-    /// checkpoint), and sorted runs, with every merge rewriting keys into
-    /// the heap and its index and leaving dead rows for vacuum, recorded 30 %
-    /// fewer records a second (`hedui bench-audit --records 200000`,
-    /// 2026-12-07: 6,610-7,768/s against 8,750-10,875/s).
-    const INDEX_RUNS: bool = false;
+    /// Finds a key's records in the index (the key bound after it).
+    const INDEX_LOOKUP: &'static str = "audit_index WHERE key = ";
     /// Appends the keys of [`super::store::keys_json`] (the bind between
     /// this and [`Self::INSERT_KEYS_END`]).
     const INSERT_KEYS: &'static str = "INSERT INTO audit_index_recent (key, seq) \
@@ -89,6 +84,39 @@ impl PostgresAudit {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Moves the keys below `below` from the recent table into
+    /// `audit_index`. PostgreSQL logs changed rows, not pages (but for a
+    /// page's first change after a checkpoint), so unlike SQLite it keeps
+    /// one key-ordered table: sorted runs, with every merge rewriting keys
+    /// into the heap and its index and leaving dead rows for vacuum,
+    /// recorded 30 % fewer records a second (`hedui bench-audit --records
+    /// 200000`, 2026-12-07: 6,610-7,768/s against 8,750-10,875/s).
+    fn push_index_move(out: &mut Statements<Postgres>, below: i64) {
+        out.next(
+            "INSERT INTO audit_index (key, seq) SELECT key, seq FROM audit_index_recent WHERE seq < ",
+        )
+        .push_bind(below);
+        out.next("DELETE FROM audit_index_recent WHERE seq < ")
+            .push_bind(below);
+    }
+
+    /// Deletes the keys of records below `before`.
+    fn push_index_purge(out: &mut Statements<Postgres>, before: i64) {
+        for table in ["audit_index", "audit_index_recent"] {
+            out.next(format!("DELETE FROM {table} WHERE seq < "))
+                .push_bind(before);
+        }
+    }
+
+    /// The index's keys of records in `[from, to)`, to follow `SELECT seq,
+    /// key FROM `.
+    fn push_index_between(q: &mut sqlx::QueryBuilder<Postgres>, from: i64, to: i64) {
+        q.push("audit_index WHERE seq >= ")
+            .push_bind(from)
+            .push(" AND seq < ")
+            .push_bind(to);
     }
 
     /// [`AuditBackend::merge_index`](super::store::AuditBackend::merge_index):

@@ -11,7 +11,7 @@ use sqlx::{
 
 use super::{
     AuditError,
-    store::{HeadTuple, Planner, shared_sql},
+    store::{HeadTuple, Planner, Statements, shared_sql},
 };
 
 /// The audit store in a SQLite file.
@@ -26,11 +26,10 @@ pub struct SqliteAudit {
 
 impl SqliteAudit {
     const NAME: &'static str = "sqlite";
-    /// Moved index keys go into sorted runs, merged now and then
-    /// (`migrations/sqlite/0010_audit_index_runs.sql`): SQLite writes a
-    /// whole page to the WAL for every page a commit dirties, and keys
-    /// moved into one key-ordered table dirtied a page each.
-    const INDEX_RUNS: bool = true;
+    /// Finds a key's records in the index (the key bound after it): one
+    /// probe per run.
+    const INDEX_LOOKUP: &'static str =
+        "audit_index_runs WHERE run IN (SELECT run FROM audit_runs) AND key = ";
     /// Appends the keys of [`super::store::keys_json`] (the bind between
     /// this and [`Self::INSERT_KEYS_END`]), in their order.
     const INSERT_KEYS: &'static str =
@@ -99,6 +98,67 @@ impl SqliteAudit {
         let mut conn = self.writer.acquire().await?;
         let result = Self::append_on(&mut conn, prune_cutoff_ms, plan).await;
         Self::rolled_back_on_error(conn, result).await
+    }
+
+    /// Moves the keys below `below` from the recent table into a new run
+    /// (`migrations/sqlite/0010_audit_index_runs.sql`): SQLite writes every
+    /// page a commit dirties whole to its WAL, and keys moved into one
+    /// key-ordered table dirtied a page each. The run is numbered above
+    /// every other, so its rows, sorted, go at the end of the table.
+    fn push_index_move(out: &mut Statements<Sqlite>, below: i64) {
+        out.next(
+            "INSERT INTO audit_runs (run, first_seq, end_seq, key_count) \
+             SELECT COALESCE((SELECT MAX(run) FROM audit_runs), 0) + 1, \
+             MIN(seq), MAX(seq) + 1, COUNT(*) FROM audit_index_recent WHERE seq < ",
+        )
+        .push_bind(below)
+        .push(" HAVING COUNT(*) > 0");
+        out.next(
+            "INSERT INTO audit_index_runs (run, key, seq) \
+             SELECT (SELECT MAX(run) FROM audit_runs), key, seq \
+             FROM audit_index_recent WHERE seq < ",
+        )
+        .push_bind(below)
+        .push(" ORDER BY key, seq");
+        out.next("DELETE FROM audit_index_recent WHERE seq < ")
+            .push_bind(below);
+    }
+
+    /// Deletes the keys of records below `before`: the runs wholly below
+    /// go; the one across the point is read through (one run, of bounded
+    /// size).
+    fn push_index_purge(out: &mut Statements<Sqlite>, before: i64) {
+        out.next(
+            "DELETE FROM audit_index_runs WHERE run IN \
+             (SELECT run FROM audit_runs WHERE first_seq < ",
+        )
+        .push_bind(before)
+        .push(") AND seq < ")
+        .push_bind(before);
+        out.next("DELETE FROM audit_runs WHERE end_seq <= ")
+            .push_bind(before);
+        out.next("UPDATE audit_runs SET first_seq = ")
+            .push_bind(before)
+            .push(
+                ", key_count = (SELECT COUNT(*) FROM audit_index_runs i \
+                 WHERE i.run = audit_runs.run) WHERE first_seq < ",
+            )
+            .push_bind(before);
+        out.next("DELETE FROM audit_index_recent WHERE seq < ")
+            .push_bind(before);
+    }
+
+    /// The index's keys of records in `[from, to)`, to follow `SELECT seq,
+    /// key FROM `: the runs that cover any of them, read through.
+    fn push_index_between(q: &mut sqlx::QueryBuilder<Sqlite>, from: i64, to: i64) {
+        q.push("audit_index_runs WHERE run IN (SELECT run FROM audit_runs WHERE first_seq < ")
+            .push_bind(to)
+            .push(" AND end_seq > ")
+            .push_bind(from)
+            .push(") AND seq >= ")
+            .push_bind(from)
+            .push(" AND seq < ")
+            .push_bind(to);
     }
 
     /// [`AuditBackend::merge_index`](super::store::AuditBackend::merge_index)

@@ -17,7 +17,7 @@
 //!   PostgreSQL moves them into `audit_index`, ordered by `(key, seq)`.
 //!   SQLite, which writes every page a commit dirties whole to its WAL
 //!   (and a moved key, a keyed hash, dirties a page of its own), moves them
-//!   into a new *run* (`SqliteAudit::INDEX_RUNS`): the batch sorted by
+//!   into a new *run* (`SqliteAudit::push_index_move`): the batch sorted by
 //!   `(key, seq)`, appended at the end of `audit_index_runs` (primary key
 //!   `(run, key, seq)`, runs listed in `audit_runs`), so its pages are
 //!   written once and full, however large the index; the writer merges
@@ -290,8 +290,9 @@ fn run_tier(keys: u64) -> u32 {
 /// old runs to new ([`RUN_FANIN`] runs of tier t make one of tier t + 1,
 /// or of tier 0 when they are that small, and the run before them is of a
 /// higher tier, or it would have been taken), so there are at most
-/// `RUN_FANIN - 1` runs of each tier below the top and a query probes few. Past [`RUN_SMALL_MAX`] runs below the top, the oldest
-/// [`RUN_FANIN`] of them, adjacent or not.
+/// `RUN_FANIN - 1` runs of each tier below the top and a query probes few.
+/// Past [`RUN_SMALL_MAX`] runs below the top, the oldest [`RUN_FANIN`] of
+/// them, adjacent or not.
 pub fn merge_window(keys: &[u64]) -> Option<Vec<usize>> {
     let tiers: Vec<u32> = keys.iter().map(|&k| run_tier(k)).collect();
     if let Some(i) = (0..(tiers.len() + 1).saturating_sub(RUN_FANIN)).find(|&i| {
@@ -339,7 +340,9 @@ pub(super) fn keys_json(keys: &[(String, u64)]) -> String {
     serde_json::to_string(keys).expect("strings and integers serialize")
 }
 
-/// Statements under construction: each its own query, or (`one`) all
+/// Statements under construction (each backend adds its index's own
+/// statements: `push_index_move`, `push_index_purge`): each its own
+/// query, or (`one`) all
 /// appended to one multi-statement query (SQLite runs them in order in one
 /// call; bind parameters carry on from statement to statement).
 pub(super) struct Statements<DB: sqlx::Database> {
@@ -421,62 +424,12 @@ macro_rules! shared_sql {
                          WHERE body IS NOT NULL AND seq < ",
                     )
                     .push_bind(before);
-                    if !Self::INDEX_RUNS {
-                        out.next("DELETE FROM audit_index WHERE seq < ")
-                            .push_bind(before);
-                    } else {
-                    // Runs wholly below go; the one across the point is
-                    // read through (one run, of bounded size).
-                    out.next(
-                        "DELETE FROM audit_index_runs WHERE run IN \
-                         (SELECT run FROM audit_runs WHERE first_seq < ",
-                    )
-                    .push_bind(before)
-                    .push(") AND seq < ")
-                    .push_bind(before);
-                    out.next("DELETE FROM audit_runs WHERE end_seq <= ")
-                        .push_bind(before);
-                    out.next("UPDATE audit_runs SET first_seq = ")
-                        .push_bind(before)
-                        .push(
-                            ", key_count = (SELECT COUNT(*) FROM audit_index_runs i \
-                             WHERE i.run = audit_runs.run) WHERE first_seq < ",
-                        )
-                        .push_bind(before);
-                    }
+                    Self::push_index_purge(&mut out, before);
                     out.next("DELETE FROM audit_index_recent WHERE seq < ")
                         .push_bind(before);
                 }
-                if let Some(below) = plan.index_keys_below
-                    && !Self::INDEX_RUNS
-                {
-                    out.next(
-                        "INSERT INTO audit_index (key, seq) SELECT key, seq FROM audit_index_recent WHERE seq < ",
-                    )
-                    .push_bind(below as i64);
-                    out.next("DELETE FROM audit_index_recent WHERE seq < ")
-                        .push_bind(below as i64);
-                } else if let Some(below) = plan.index_keys_below {
-                    // A new run, numbered above every other (so its rows
-                    // go at the end of the table's B-tree), of the keys
-                    // below `below`, sorted.
-                    let below = below as i64;
-                    out.next(
-                        "INSERT INTO audit_runs (run, first_seq, end_seq, key_count) \
-                         SELECT COALESCE((SELECT MAX(run) FROM audit_runs), 0) + 1, \
-                         MIN(seq), MAX(seq) + 1, COUNT(*) FROM audit_index_recent WHERE seq < ",
-                    )
-                    .push_bind(below)
-                    .push(" HAVING COUNT(*) > 0");
-                    out.next(
-                        "INSERT INTO audit_index_runs (run, key, seq) \
-                         SELECT (SELECT MAX(run) FROM audit_runs), key, seq \
-                         FROM audit_index_recent WHERE seq < ",
-                    )
-                    .push_bind(below)
-                    .push(" ORDER BY key, seq");
-                    out.next("DELETE FROM audit_index_recent WHERE seq < ")
-                        .push_bind(below);
+                if let Some(below) = plan.index_keys_below {
+                    Self::push_index_move(&mut out, below as i64);
                 }
                 if let Some(c) = plan.checkpoint {
                     out.next(
@@ -585,22 +538,8 @@ macro_rules! shared_sql {
                 to: u64,
             ) -> Result<Vec<(u64, String)>, sqlx::Error> {
                 let mut q = sqlx::QueryBuilder::<$db>::new("SELECT seq, key FROM ");
-                if Self::INDEX_RUNS {
-                    q.push(
-                        "audit_index_runs WHERE run IN \
-                         (SELECT run FROM audit_runs WHERE first_seq < ",
-                    )
-                    .push_bind(to as i64)
-                    .push(" AND end_seq > ")
-                    .push_bind(from as i64)
-                    .push(") AND seq >= ");
-                } else {
-                    q.push("audit_index WHERE seq >= ");
-                }
+                Self::push_index_between(&mut q, from as i64, to as i64);
                 let rows: Vec<(i64, String)> = q
-                .push_bind(from as i64)
-                .push(" AND seq < ")
-                .push_bind(to as i64)
                 .push(" UNION ALL SELECT seq, key FROM audit_index_recent WHERE seq >= ")
                 .push_bind(from as i64)
                 .push(" AND seq < ")
@@ -663,12 +602,8 @@ macro_rules! shared_sql {
                 ] {
                     if let Some(v) = value {
                         let key = format!("{prefix}:{v}");
-                        q.push(if Self::INDEX_RUNS {
-                            " AND seq IN (SELECT seq FROM audit_index_runs WHERE run IN \
-                             (SELECT run FROM audit_runs) AND key = "
-                        } else {
-                            " AND seq IN (SELECT seq FROM audit_index WHERE key = "
-                        })
+                        q.push(" AND seq IN (SELECT seq FROM ")
+                            .push(Self::INDEX_LOOKUP)
                             .push_bind(key.clone())
                             .push(" UNION ALL SELECT seq FROM audit_index_recent WHERE key = ")
                             .push_bind(key)
