@@ -1,6 +1,7 @@
 //! The SQLite audit store: the embedded default. WAL mode with
 //! `synchronous = FULL`, so a committed record is on disk; writers take the
-//! database's write lock (`BEGIN IMMEDIATE`) before reading the head.
+//! database's write lock (`BEGIN IMMEDIATE`) before reading the head, or
+//! before checking that it is the one they planned on.
 
 use std::{borrow::Cow, path::Path, str::FromStr, time::Duration};
 
@@ -11,7 +12,7 @@ use sqlx::{
 
 use super::{
     AuditError,
-    store::{HeadTuple, Planner, Statements, shared_sql},
+    store::{Head, HeadTuple, Planner, Statements, shared_sql},
 };
 
 /// The audit store in a SQLite file.
@@ -22,6 +23,19 @@ pub struct SqliteAudit {
     /// The one connection the writer commits on
     /// ([`crate::store::writer_pool`]).
     writer: SqlitePool,
+    /// The head as this store's last commit left it: the next commit plans
+    /// on it and checks it under the lock in the same call
+    /// ([`Self::append_known`]). `None` after a failure or a start.
+    known: std::sync::Arc<std::sync::Mutex<Option<Head>>>,
+}
+
+/// What a commit planned on the known head came to.
+enum Known {
+    /// Committed, leaving this head.
+    Committed(Head),
+    /// The stored head was not the known one (another process wrote):
+    /// nothing written, the transaction rolled back.
+    Moved,
 }
 
 impl SqliteAudit {
@@ -37,6 +51,17 @@ impl SqliteAudit {
     const INSERT_KEYS_END: &'static str = ")";
     /// Takes the write lock and reads the head, in one call.
     const BEGIN_AND_HEAD: &'static str = "BEGIN IMMEDIATE; SELECT tree_size, last_leaf, frontier, checkpoint_size, checkpoint_time_ms, pruned_before FROM audit_head WHERE id = 1";
+    /// Takes the write lock and fails unless the stored head is the one
+    /// bound after it (tree size, last leaf, checkpoint size and time,
+    /// purge point): then it inserts a head row numbered 0, which
+    /// `audit_head`'s `CHECK (id = 1)` refuses with [`Self::HEAD_MOVED`].
+    /// A statement that fails is the only way one multi-statement call can
+    /// stop before the plan that follows it.
+    const BEGIN_ON_KNOWN_HEAD: &'static str = "BEGIN IMMEDIATE; \
+         INSERT INTO audit_head (id, tree_size, frontier, checkpoint_size, checkpoint_time_ms, pruned_before) \
+         SELECT 0, 0, X'', 0, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM audit_head WHERE id = 1 AND tree_size = ";
+    /// The error of [`Self::BEGIN_ON_KNOWN_HEAD`] when the head moved.
+    const HEAD_MOVED: &'static str = "CHECK constraint failed";
 
     /// Opens (creating if needed) the SQLite file at `path` and brings the
     /// audit schema up to date. `:memory:` keeps the log in memory (tests).
@@ -81,23 +106,86 @@ impl SqliteAudit {
             ));
         }
         let writer = crate::store::writer_pool(&pool, options, memory).await?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            known: std::sync::Arc::default(),
+        })
     }
 
-    /// [`AuditBackend::append`](super::store::AuditBackend::append) in two
-    /// calls to the connection's thread: the lock with the head, then the
-    /// whole plan with its `COMMIT` as one multi-statement query. Each call
-    /// is a hand-off to sqlx's worker thread and back, and the next batch
-    /// waits for every one of them (six in a transaction of single
-    /// statements). On any failure the transaction is rolled back.
+    /// [`AuditBackend::append`](super::store::AuditBackend::append) in as
+    /// few calls to the connection's thread as it can: each call is a
+    /// hand-off to sqlx's worker thread and back, and the next batch waits
+    /// for every one of them (six in a transaction of single statements).
+    /// On any failure the transaction is rolled back.
+    ///
+    /// A commit that follows one of this store's own (no purge) is one call:
+    /// it plans on the head that commit left, and the call checks under
+    /// the lock that the stored head is still that one before it writes
+    /// ([`Self::append_known`]). Otherwise, and when another process wrote
+    /// meanwhile (rolled back, then done again), two: the lock with the
+    /// head, then the whole plan with its `COMMIT` as one multi-statement
+    /// query. In S3, where commits come one or two records at a time, the
+    /// call saved is about 0.07 ms of each commit (docs/benchmarks.md).
     async fn append_locked(
         &self,
         prune_cutoff_ms: Option<i64>,
         plan: &mut Planner<'_>,
     ) -> Result<(), AuditError> {
         let mut conn = self.writer.acquire().await?;
+        let known = self.known.lock().expect("not poisoned").take();
+        if let Some(head) = known.filter(|_| prune_cutoff_ms.is_none()) {
+            let result = Self::append_known(&mut conn, head, plan).await;
+            match Self::rolled_back_on_error(conn, result).await? {
+                Known::Committed(head) => {
+                    *self.known.lock().expect("not poisoned") = Some(head);
+                    return Ok(());
+                }
+                Known::Moved => {
+                    tracing::debug!("audit: the head moved since this store's last commit");
+                    conn = self.writer.acquire().await?;
+                }
+            }
+        }
         let result = Self::append_on(&mut conn, prune_cutoff_ms, plan).await;
-        Self::rolled_back_on_error(conn, result).await
+        let head = Self::rolled_back_on_error(conn, result).await?;
+        *self.known.lock().expect("not poisoned") = Some(head);
+        Ok(())
+    }
+
+    /// The plan for `head`, the head this store's last commit left, written
+    /// in one call that first checks the stored head is still `head`
+    /// ([`Self::BEGIN_ON_KNOWN_HEAD`]).
+    async fn append_known(
+        conn: &mut SqliteConnection,
+        head: Head,
+        plan: &mut Planner<'_>,
+    ) -> Result<Known, AuditError> {
+        let mut out = Statements::<Sqlite>::new(true);
+        out.next(Self::BEGIN_ON_KNOWN_HEAD)
+            .push_bind(head.tree_size as i64)
+            .push(" AND last_leaf IS ")
+            .push_bind(head.last_leaf.map(|l| l.to_vec()))
+            .push(" AND checkpoint_size = ")
+            .push_bind(head.checkpoint_size as i64)
+            .push(" AND checkpoint_time_ms = ")
+            .push_bind(head.checkpoint_time_ms)
+            .push(" AND pruned_before = ")
+            .push_bind(head.pruned_before as i64)
+            .push(")");
+        let planned = plan(head, None)?;
+        let after = planned.head.clone();
+        let mut statements = Self::push_plan(out, planned);
+        let mut q = statements.pop().expect("a plan writes the head");
+        debug_assert!(statements.is_empty(), "one query for the whole plan");
+        match q.push("; COMMIT").build().execute(&mut *conn).await {
+            Ok(_) => Ok(Known::Committed(after)),
+            Err(sqlx::Error::Database(e)) if e.message().starts_with(Self::HEAD_MOVED) => {
+                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                Ok(Known::Moved)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Moves the keys below `below` from the recent table into a new run
@@ -307,20 +395,23 @@ impl SqliteAudit {
         result
     }
 
+    /// Takes the lock, reads the head, writes the plan for it; the head it
+    /// leaves.
     async fn append_on(
         conn: &mut SqliteConnection,
         prune_cutoff_ms: Option<i64>,
         plan: &mut Planner<'_>,
-    ) -> Result<(), AuditError> {
+    ) -> Result<Head, AuditError> {
         let head: HeadTuple = sqlx::query_as(Self::BEGIN_AND_HEAD)
             .fetch_one(&mut *conn)
             .await?;
         let planned = Self::plan_for(conn, head, prune_cutoff_ms, plan).await?;
+        let after = planned.head.clone();
         let mut statements = Self::plan_statements(planned, true);
         let mut q = statements.pop().expect("a plan writes the head");
         debug_assert!(statements.is_empty(), "one query for the whole plan");
         q.push("; COMMIT").build().execute(&mut *conn).await?;
-        Ok(())
+        Ok(after)
     }
 
     async fn close_pools(&self) {

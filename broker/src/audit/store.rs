@@ -385,10 +385,17 @@ macro_rules! shared_sql {
             /// (`one`, SQLite) all in one multi-statement query, so the
             /// whole write is one hand-off to the database's thread.
             fn plan_statements(
-                mut plan: $crate::audit::store::BatchPlan,
+                plan: $crate::audit::store::BatchPlan,
                 one: bool,
             ) -> Vec<sqlx::QueryBuilder<$db>> {
-                let mut out = $crate::audit::store::Statements::<$db>::new(one);
+                Self::push_plan($crate::audit::store::Statements::<$db>::new(one), plan)
+            }
+
+            /// [`Self::plan_statements`] after the statements `out` holds.
+            fn push_plan(
+                mut out: $crate::audit::store::Statements<$db>,
+                mut plan: $crate::audit::store::BatchPlan,
+            ) -> Vec<sqlx::QueryBuilder<$db>> {
                 let mut rows = std::mem::take(&mut plan.rows);
                 while !rows.is_empty() {
                     let rest =

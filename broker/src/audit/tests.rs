@@ -678,3 +678,26 @@ mod linger {
         assert_eq!(after(&batches).wait(), Duration::ZERO);
     }
 }
+
+// Two brokers on one SQLite file: a commit plans on the head its store's
+// last commit left (sqlite.rs, append_known); after the other's commit
+// that head has moved, and the commit is rolled back and written again on
+// the stored head. Planned on the stale head, it would reuse a position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logs_on_one_sqlite_file_take_turns_on_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::sqlite(dir.path(), "a", Suite::Sha256Ed25519);
+    let (a, b) = (store.open().await.unwrap(), store.open().await.unwrap());
+    let key = a.subject_key().clone();
+    for i in 0..40 {
+        let log = if i % 3 == 2 { &b } else { &a };
+        let receipt = log.record(sample_entry(i, &key)).await.unwrap();
+        assert_eq!(receipt.seq, i as u64, "record {i}");
+    }
+    let public = a.public_key_hex();
+    a.close().await;
+    b.close().await;
+    let report = verify(&store, &public).await;
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.records, 40);
+}
