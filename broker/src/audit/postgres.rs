@@ -79,7 +79,7 @@ impl PostgresAudit {
             .fetch_one(&mut *tx)
             .await?;
         let planned = Self::plan_for(&mut tx, head, prune_cutoff_ms, plan).await?;
-        for mut q in Self::plan_statements(planned, false) {
+        for mut q in Self::push_plan(Statements::new(false), planned) {
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;

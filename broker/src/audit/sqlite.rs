@@ -12,7 +12,7 @@ use sqlx::{
 
 use super::{
     AuditError,
-    store::{Head, HeadTuple, Planner, Statements, shared_sql},
+    store::{BatchPlan, Head, HeadTuple, Planner, Statements, shared_sql},
 };
 
 /// The audit store in a SQLite file.
@@ -173,12 +173,8 @@ impl SqliteAudit {
             .push(" AND pruned_before = ")
             .push_bind(head.pruned_before as i64)
             .push(")");
-        let planned = plan(head, None)?;
-        let after = planned.head.clone();
-        let mut statements = Self::push_plan(out, planned);
-        let mut q = statements.pop().expect("a plan writes the head");
-        debug_assert!(statements.is_empty(), "one query for the whole plan");
-        match q.push("; COMMIT").build().execute(&mut *conn).await {
+        let (after, mut q) = Self::commit_query(out, plan(head, None)?);
+        match q.build().execute(&mut *conn).await {
             Ok(_) => Ok(Known::Committed(after)),
             Err(sqlx::Error::Database(e)) if e.message().starts_with(Self::HEAD_MOVED) => {
                 sqlx::query("ROLLBACK").execute(&mut *conn).await?;
@@ -406,12 +402,23 @@ impl SqliteAudit {
             .fetch_one(&mut *conn)
             .await?;
         let planned = Self::plan_for(conn, head, prune_cutoff_ms, plan).await?;
+        let (after, mut q) = Self::commit_query(Statements::new(true), planned);
+        q.build().execute(&mut *conn).await?;
+        Ok(after)
+    }
+
+    /// `planned`'s statements after those `out` holds, and `COMMIT`, as one
+    /// multi-statement query; with the head the plan leaves.
+    fn commit_query(
+        out: Statements<Sqlite>,
+        planned: BatchPlan,
+    ) -> (Head, sqlx::QueryBuilder<Sqlite>) {
         let after = planned.head.clone();
-        let mut statements = Self::plan_statements(planned, true);
+        let mut statements = Self::push_plan(out, planned);
         let mut q = statements.pop().expect("a plan writes the head");
         debug_assert!(statements.is_empty(), "one query for the whole plan");
-        q.push("; COMMIT").build().execute(&mut *conn).await?;
-        Ok(after)
+        q.push("; COMMIT");
+        (after, q)
     }
 
     async fn close_pools(&self) {
@@ -468,7 +475,7 @@ mod tests {
     #[test]
     fn a_commit_is_the_same_statement_whatever_the_number_of_keys() {
         let sql = |p| {
-            let mut qs = SqliteAudit::plan_statements(p, true);
+            let mut qs = SqliteAudit::push_plan(Statements::new(true), p);
             assert_eq!(qs.len(), 1, "one query");
             qs.pop().unwrap().sql().as_str().to_owned()
         };

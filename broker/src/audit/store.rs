@@ -381,17 +381,10 @@ impl<DB: sqlx::Database> Statements<DB> {
 macro_rules! shared_sql {
     ($backend:ty, $db:ty) => {
         impl $backend {
-            /// The statements that store `plan`, in order: one each, or
-            /// (`one`, SQLite) all in one multi-statement query, so the
-            /// whole write is one hand-off to the database's thread.
-            fn plan_statements(
-                plan: $crate::audit::store::BatchPlan,
-                one: bool,
-            ) -> Vec<sqlx::QueryBuilder<$db>> {
-                Self::push_plan($crate::audit::store::Statements::<$db>::new(one), plan)
-            }
-
-            /// [`Self::plan_statements`] after the statements `out` holds.
+            /// The statements that store `plan`, in order, after those
+            /// `out` holds: one each, or (`Statements::new(true)`, SQLite)
+            /// all in one multi-statement query, so the whole write is one
+            /// hand-off to the database's thread.
             fn push_plan(
                 mut out: $crate::audit::store::Statements<$db>,
                 mut plan: $crate::audit::store::BatchPlan,
