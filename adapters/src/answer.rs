@@ -2,7 +2,7 @@
 //! source is outside the broker's control, and a wrong answer must become a
 //! named error, not a wrong report.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use hedui_proto::v1::{FactKind, LookupRequest, LookupResponse};
 use prost::Message;
@@ -14,11 +14,8 @@ pub const MAX_FACTS_PER_PERSON: usize = 1_000;
 
 /// The persons a request asks about, each once, in the order asked.
 pub fn distinct_person_ids(request: &LookupRequest) -> Vec<String> {
-    let mut seen = HashSet::with_capacity(request.person_ids.len());
-    request
-        .person_ids
-        .iter()
-        .filter(|p| seen.insert(p.as_str()))
+    AskedPersons::new(&request.person_ids)
+        .first_mentions()
         .cloned()
         .collect()
 }
@@ -45,19 +42,21 @@ pub fn check_answer(
             "answer of {bytes} bytes, at most {MAX_ANSWER_BYTES} accepted"
         )));
     }
-    let asked: HashSet<&str> = request.person_ids.iter().map(String::as_str).collect();
-    let mut seen = HashSet::with_capacity(asked.len());
+    let asked = AskedPersons::new(&request.person_ids);
+    // Who has been answered, by the place of their first mention.
+    let mut seen = vec![false; request.person_ids.len()];
+    let mut answered = 0;
     let wanted: Vec<FactKind> = request.fact_kinds().collect();
     for answer in &response.answers {
-        let id = answer.person_id.as_str();
-        if !asked.contains(id) {
+        let Some(at) = asked.position(&answer.person_id) else {
             return Err(AdapterError::Malformed(
                 "answer about a person not asked about".into(),
             ));
-        }
-        if !seen.insert(id) {
+        };
+        if std::mem::replace(&mut seen[at], true) {
             return Err(AdapterError::Malformed("a person is answered twice".into()));
         }
+        answered += 1;
         if answer.facts.len() > MAX_FACTS_PER_PERSON {
             return Err(AdapterError::Malformed(format!(
                 "{} facts about one person, at most {MAX_FACTS_PER_PERSON} accepted",
@@ -88,14 +87,68 @@ pub fn check_answer(
             }
         }
     }
-    if seen.len() != asked.len() {
+    let distinct = asked.distinct();
+    if answered != distinct {
         return Err(AdapterError::Malformed(format!(
-            "{} of {} persons asked about are not answered",
-            asked.len() - seen.len(),
-            asked.len()
+            "{} of {distinct} persons asked about are not answered",
+            distinct - answered,
         )));
     }
     Ok(())
+}
+
+/// The persons a request asks about, found by the place of their first
+/// mention. A household has a handful of members, and comparing a handful
+/// of ids costs less than hashing each (every answer of every source is
+/// checked); a request about many persons gets a hash map.
+#[derive(Debug)]
+pub struct AskedPersons<'a> {
+    ids: &'a [String],
+    /// For a long request: each id's first mention, and how many there are.
+    many: Option<(HashMap<&'a str, usize>, usize)>,
+}
+
+impl<'a> AskedPersons<'a> {
+    /// Up to this many ids are searched in order.
+    pub const FEW: usize = 16;
+
+    /// The persons `ids` names.
+    pub fn new(ids: &'a [String]) -> Self {
+        let many = (ids.len() > Self::FEW).then(|| {
+            let mut map = HashMap::with_capacity(ids.len());
+            for (at, id) in ids.iter().enumerate() {
+                map.entry(id.as_str()).or_insert(at);
+            }
+            let distinct = map.len();
+            (map, distinct)
+        });
+        AskedPersons { ids, many }
+    }
+
+    /// Where `id` is first mentioned, if it is.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        match &self.many {
+            None => self.ids.iter().position(|asked| asked == id),
+            Some((map, _)) => map.get(id).copied(),
+        }
+    }
+
+    /// Each id once, at its first mention.
+    pub fn first_mentions(&self) -> impl Iterator<Item = &'a String> + '_ {
+        self.ids
+            .iter()
+            .enumerate()
+            .filter(|(at, id)| self.position(id) == Some(*at))
+            .map(|(_, id)| id)
+    }
+
+    /// How many different persons are asked about.
+    pub fn distinct(&self) -> usize {
+        match &self.many {
+            None => self.first_mentions().count(),
+            Some((_, distinct)) => *distinct,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +210,43 @@ mod tests {
             as_of: None,
         };
         assert!(check_answer(&req, &twice, &[]).is_err());
+    }
+
+    #[test]
+    fn persons_are_matched_in_short_and_long_requests_alike() {
+        // Below and above the length where ids are hashed; each request
+        // names its first person twice.
+        for n in [3, AskedPersons::FEW + 5] {
+            let ids: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+            let mut asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+            asked.push("p0");
+            let req = request(&asked);
+            let each = |ids: &[String]| LookupResponse {
+                answers: ids.iter().rev().map(|id| answer(id, vec![])).collect(),
+                as_of: None,
+            };
+            check_answer(&req, &each(&ids), &[]).unwrap();
+            let message = |r: Result<(), AdapterError>| match r {
+                Err(AdapterError::Malformed(m)) => m,
+                other => panic!("{n} persons: {other:?}"),
+            };
+            assert_eq!(
+                message(check_answer(&req, &each(&ids[1..]), &[])),
+                format!("1 of {n} persons asked about are not answered")
+            );
+            let mut twice = each(&ids);
+            twice.answers.push(answer("p1", vec![]));
+            assert_eq!(
+                message(check_answer(&req, &twice, &[])),
+                "a person is answered twice"
+            );
+            let mut stranger = each(&ids);
+            stranger.answers[1].person_id = "q".into();
+            assert_eq!(
+                message(check_answer(&req, &stranger, &[])),
+                "answer about a person not asked about"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 use std::{
     collections::HashSet,
-    sync::Arc,
+    sync::{Arc, LazyLock},
     time::{Duration, SystemTime},
 };
 
@@ -43,7 +43,7 @@ use crate::{
     audit::{AuditError, AuditLog, Entry, Kind, SourceEntry},
     guard::{AnswerCache, GuardError, Served, SourceGuard, config::GuardSettings},
     report::{
-        disclosure::{self, Disclosure},
+        disclosure::{self, Disclosure, ShortNames},
         fold::{FoldInput, fold},
         household::{SourceOutcome, resolve_household},
         policy::PolicySet,
@@ -185,26 +185,26 @@ impl Caller {
 /// The name of a purpose as the audit log writes it, e.g.
 /// `dibao_application`.
 pub fn purpose_name(purpose: i32) -> String {
-    Purpose::try_from(purpose).map_or_else(
-        |_| format!("unknown_{purpose}"),
-        |p| {
-            p.as_str_name()
-                .trim_start_matches("PURPOSE_")
-                .to_ascii_lowercase()
-        },
-    )
+    static NAMES: LazyLock<ShortNames> = LazyLock::new(|| {
+        ShortNames::of("PURPOSE_", |v| {
+            Purpose::try_from(v).ok().map(|p| p.as_str_name())
+        })
+    });
+    NAMES
+        .get(purpose)
+        .map_or_else(|| format!("unknown_{purpose}"), str::to_owned)
 }
 
 /// The name of a source status as the audit log writes it, e.g. `ok`.
 pub fn status_name(status: i32) -> String {
-    SourceStatus::try_from(status).map_or_else(
-        |_| format!("unknown_{status}"),
-        |s| {
-            s.as_str_name()
-                .trim_start_matches("SOURCE_STATUS_")
-                .to_ascii_lowercase()
-        },
-    )
+    static NAMES: LazyLock<ShortNames> = LazyLock::new(|| {
+        ShortNames::of("SOURCE_STATUS_", |v| {
+            SourceStatus::try_from(v).ok().map(|s| s.as_str_name())
+        })
+    });
+    NAMES
+        .get(status)
+        .map_or_else(|| format!("unknown_{status}"), str::to_owned)
 }
 
 /// Caller text as the audit log keeps it: at most `max` characters, runs

@@ -22,7 +22,7 @@
 //! ```
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     fmt,
     str::FromStr,
     sync::{
@@ -673,11 +673,8 @@ impl SimulatedSource {
     pub fn answer(&self, request: &LookupRequest) -> LookupResponse {
         let as_of = prost_types::Timestamp::from(std::time::SystemTime::now());
         let wanted: Vec<FactKind> = request.fact_kinds().collect();
-        let mut seen = HashSet::with_capacity(request.person_ids.len());
-        let answers = request
-            .person_ids
-            .iter()
-            .filter(|id| seen.insert(id.as_str()))
+        let answers = hedui_adapters::answer::AskedPersons::new(&request.person_ids)
+            .first_mentions()
             .map(|id| PersonAnswer {
                 person_id: id.clone(),
                 facts: {
@@ -833,9 +830,10 @@ impl Adapter for SimulatedSource {
         request: &LookupRequest,
     ) -> Result<LookupResponse, AdapterError> {
         let c = &self.control;
-        let persons: HashSet<&str> = request.person_ids.iter().map(String::as_str).collect();
+        let persons = hedui_adapters::answer::AskedPersons::new(&request.person_ids);
         c.lookups.fetch_add(1, Ordering::Relaxed);
-        c.persons.fetch_add(persons.len() as u64, Ordering::Relaxed);
+        c.persons
+            .fetch_add(persons.distinct() as u64, Ordering::Relaxed);
         let Behaviour { latency, faults } = c.behaviour();
         // Always the same number of draws per lookup, so that a source's
         // stream of faults does not depend on which ones fired.
@@ -856,7 +854,9 @@ impl Adapter for SimulatedSource {
         let hangs = |faults: &FaultConfig| {
             faults.hang
                 || d_timeout < faults.timeout_rate
-                || persons.iter().any(|p| faults.hang_persons.contains(*p))
+                || persons
+                    .first_mentions()
+                    .any(|p| faults.hang_persons.contains(p.as_str()))
         };
         if hangs(&faults) {
             tracing::debug!(source = %self.source_id, "simulated hang");

@@ -92,9 +92,33 @@ impl std::fmt::Display for CivilDate {
 /// Formats an amount of fen as yuan with two decimals, e.g. `52000` as
 /// `"520.00"`.
 pub fn yuan(fen: i64) -> String {
-    let sign = if fen < 0 { "-" } else { "" };
+    // By hand rather than `format!`: a report writes dozens of amounts.
     let abs = fen.unsigned_abs();
-    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+    let mut digits = [0u8; 24];
+    let mut at = digits.len();
+    let mut rest = abs;
+    for _ in 0..2 {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    at -= 1;
+    digits[at] = b'.';
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if fen < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    std::str::from_utf8(&digits[at..])
+        .expect("digits are ASCII")
+        .to_owned()
 }
 
 /// Formats hundredths of a square metre as square metres with two decimals.
@@ -111,6 +135,16 @@ mod tests {
         assert_eq!(yuan(52000), "520.00");
         assert_eq!(yuan(5), "0.05");
         assert_eq!(yuan(-123), "-1.23");
+        assert_eq!(yuan(0), "0.00");
+        assert_eq!(yuan(-5), "-0.05");
+        assert_eq!(yuan(100), "1.00");
+        assert_eq!(yuan(i64::MAX), "92233720368547758.07");
+        assert_eq!(yuan(i64::MIN), "-92233720368547758.08");
+        for fen in [-100_001, -99, 7, 1_234_567, 999_999_999_999] {
+            let abs = i64::unsigned_abs(fen);
+            let sign = if fen < 0 { "-" } else { "" };
+            assert_eq!(yuan(fen), format!("{sign}{}.{:02}", abs / 100, abs % 100));
+        }
     }
 
     #[test]

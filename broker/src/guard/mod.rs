@@ -772,7 +772,10 @@ impl SourceGuard {
                     }
                 }),
             };
-            if Instant::now() >= ctx.deadline {
+            // One clock read for the deadline and the call's start (a
+            // verification makes hundreds of these calls).
+            let asked = Instant::now();
+            if asked >= ctx.deadline {
                 return Err(if waited {
                     busy()
                 } else {
@@ -780,7 +783,6 @@ impl SourceGuard {
                 });
             }
             attempts.fetch_add(1, Ordering::Relaxed);
-            let asked = Instant::now();
             let answer = match tokio::time::timeout_at(
                 ctx.deadline,
                 self.adapter.lookup(ctx, request),
@@ -790,8 +792,9 @@ impl SourceGuard {
                 Err(_) => Err(AdapterError::Timeout),
                 Ok(r) => r,
             };
+            let took = asked.elapsed();
             crate::telemetry::metrics().source_duration.record(
-                asked.elapsed().as_secs_f64(),
+                took.as_secs_f64(),
                 &[
                     self.source_attr.clone(),
                     opentelemetry::KeyValue::new(
@@ -806,8 +809,9 @@ impl SourceGuard {
             let answer = answer.and_then(|resp| {
                 check_answer(request, &resp, &self.spec.fact_kinds).map(|()| resp)
             });
-            self.health.record_call(
-                asked.elapsed(),
+            self.health.record_call_ended(
+                asked.into_std() + took,
+                took,
                 match &answer {
                     Ok(_) | Err(AdapterError::Rejected(_)) => health::CallOutcome::Answered,
                     Err(e) => {

@@ -37,9 +37,39 @@ pub const AGGREGATABLE: [FactKind; 2] = [FactKind::FinancialAccount, FactKind::A
 /// `hedui.v1.FactKind` name without its prefix, in lower case, e.g.
 /// `financial_account`.
 pub fn kind_name(kind: FactKind) -> String {
-    kind.as_str_name()
-        .trim_start_matches("FACT_KIND_")
-        .to_ascii_lowercase()
+    static NAMES: std::sync::LazyLock<ShortNames> = std::sync::LazyLock::new(|| {
+        ShortNames::of("FACT_KIND_", |v| {
+            FactKind::try_from(v).ok().map(|k| k.as_str_name())
+        })
+    });
+    NAMES.get(kind as i32).unwrap_or_default().to_owned()
+}
+
+/// The names of a protobuf enum's values as the broker writes them (the
+/// value's name without the enum's prefix, in lower case), made once:
+/// names are written for every source of every verification.
+pub(crate) struct ShortNames(Vec<Option<String>>);
+
+impl ShortNames {
+    /// Values from 0 up to this are named.
+    const MAX: i32 = 255;
+
+    /// The names of the values `name` knows, its names starting `prefix`.
+    pub(crate) fn of(prefix: &str, name: impl Fn(i32) -> Option<&'static str>) -> Self {
+        ShortNames(
+            (0..=Self::MAX)
+                .map(|v| name(v).map(|n| n.trim_start_matches(prefix).to_ascii_lowercase()))
+                .collect(),
+        )
+    }
+
+    /// The name of `value`, if it has one.
+    pub(crate) fn get(&self, value: i32) -> Option<&str> {
+        usize::try_from(value)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .and_then(Option::as_deref)
+    }
 }
 
 /// The fact kind named `name` (as [`kind_name`] writes it; upper case, as
