@@ -76,6 +76,12 @@ impl SqliteAudit {
             SqliteConnectOptions::new()
                 .filename(path)
                 .create_if_missing(true)
+                // A new file's pages are 8 KiB (a file made with 4 KiB keeps
+                // them): a record's row (about 2.2 KB) fills more than half
+                // of a 4 KiB page, one page per record, where 8 KiB takes
+                // three; and the WAL is written one page per system call
+                // (docs/benchmarks.md, 2026-12-07 night).
+                .page_size(8192)
                 .journal_mode(SqliteJournalMode::Wal)
                 // Each commit is on disk before its caller goes on: a
                 // record the broker answered after survives a power cut.

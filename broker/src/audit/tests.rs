@@ -701,3 +701,17 @@ async fn two_logs_on_one_sqlite_file_take_turns_on_one_chain() {
     assert!(report.ok(), "{report}");
     assert_eq!(report.records, 40);
 }
+
+#[tokio::test]
+async fn a_new_sqlite_file_has_8_kib_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::sqlite(dir.path(), "a", Suite::Sha256Ed25519);
+    let log = store.open().await.unwrap();
+    let key = log.subject_key().clone();
+    log.record(sample_entry(0, &key)).await.unwrap();
+    log.close().await;
+    assert_eq!(
+        crate::store::tests::page_size(&store.config.sqlite_path()).await,
+        8192
+    );
+}
