@@ -109,8 +109,8 @@ pub fn check_answer(
 #[derive(Debug)]
 pub struct AskedPersons<'a> {
     ids: &'a [String],
-    /// For a long request: each id's first mention, and how many there are.
-    many: Option<(HashMap<&'a str, usize>, usize)>,
+    /// For a long request: each id's first mention.
+    many: Option<HashMap<&'a str, usize>>,
 }
 
 impl<'a> AskedPersons<'a> {
@@ -124,8 +124,7 @@ impl<'a> AskedPersons<'a> {
             for (at, id) in ids.iter().enumerate() {
                 map.entry(id.as_str()).or_insert(at);
             }
-            let distinct = map.len();
-            (map, distinct)
+            map
         });
         AskedPersons { ids, many }
     }
@@ -134,7 +133,7 @@ impl<'a> AskedPersons<'a> {
     pub fn position(&self, id: &str) -> Option<usize> {
         match &self.many {
             None => self.ids.iter().position(|asked| asked == id),
-            Some((map, _)) => map.get(id).copied(),
+            Some(map) => map.get(id).copied(),
         }
     }
 
@@ -151,7 +150,7 @@ impl<'a> AskedPersons<'a> {
     pub fn distinct(&self) -> usize {
         match &self.many {
             None => self.first_mentions().count(),
-            Some((_, distinct)) => *distinct,
+            Some(map) => map.len(),
         }
     }
 }

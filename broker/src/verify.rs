@@ -185,26 +185,16 @@ impl Caller {
 /// The name of a purpose as the audit log writes it, e.g.
 /// `dibao_application`.
 pub fn purpose_name(purpose: i32) -> String {
-    static NAMES: LazyLock<ShortNames> = LazyLock::new(|| {
-        ShortNames::of("PURPOSE_", |v| {
-            Purpose::try_from(v).ok().map(|p| p.as_str_name())
-        })
-    });
-    NAMES
-        .get(purpose)
-        .map_or_else(|| format!("unknown_{purpose}"), str::to_owned)
+    static NAMES: LazyLock<ShortNames> =
+        LazyLock::new(|| ShortNames::of("PURPOSE_", Purpose::as_str_name));
+    NAMES.name(purpose)
 }
 
 /// The name of a source status as the audit log writes it, e.g. `ok`.
 pub fn status_name(status: i32) -> String {
-    static NAMES: LazyLock<ShortNames> = LazyLock::new(|| {
-        ShortNames::of("SOURCE_STATUS_", |v| {
-            SourceStatus::try_from(v).ok().map(|s| s.as_str_name())
-        })
-    });
-    NAMES
-        .get(status)
-        .map_or_else(|| format!("unknown_{status}"), str::to_owned)
+    static NAMES: LazyLock<ShortNames> =
+        LazyLock::new(|| ShortNames::of("SOURCE_STATUS_", SourceStatus::as_str_name));
+    NAMES.name(status)
 }
 
 /// Caller text as the audit log keeps it: at most `max` characters, runs

@@ -92,33 +92,18 @@ impl std::fmt::Display for CivilDate {
 /// Formats an amount of fen as yuan with two decimals, e.g. `52000` as
 /// `"520.00"`.
 pub fn yuan(fen: i64) -> String {
-    // By hand rather than `format!`: a report writes dozens of amounts.
+    // Not through `format!`: a report writes dozens of amounts.
     let abs = fen.unsigned_abs();
-    let mut digits = [0u8; 24];
-    let mut at = digits.len();
-    let mut rest = abs;
-    for _ in 0..2 {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    at -= 1;
-    digits[at] = b'.';
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
+    let cents = (abs % 100) as u8;
+    let mut out = String::with_capacity(24);
     if fen < 0 {
-        at -= 1;
-        digits[at] = b'-';
+        out.push('-');
     }
-    std::str::from_utf8(&digits[at..])
-        .expect("digits are ASCII")
-        .to_owned()
+    out.push_str(itoa::Buffer::new().format(abs / 100));
+    out.push('.');
+    out.push(char::from(b'0' + cents / 10));
+    out.push(char::from(b'0' + cents % 10));
+    out
 }
 
 /// Formats hundredths of a square metre as square metres with two decimals.

@@ -37,12 +37,9 @@ pub const AGGREGATABLE: [FactKind; 2] = [FactKind::FinancialAccount, FactKind::A
 /// `hedui.v1.FactKind` name without its prefix, in lower case, e.g.
 /// `financial_account`.
 pub fn kind_name(kind: FactKind) -> String {
-    static NAMES: std::sync::LazyLock<ShortNames> = std::sync::LazyLock::new(|| {
-        ShortNames::of("FACT_KIND_", |v| {
-            FactKind::try_from(v).ok().map(|k| k.as_str_name())
-        })
-    });
-    NAMES.get(kind as i32).unwrap_or_default().to_owned()
+    static NAMES: std::sync::LazyLock<ShortNames> =
+        std::sync::LazyLock::new(|| ShortNames::of("FACT_KIND_", FactKind::as_str_name));
+    NAMES.name(kind as i32)
 }
 
 /// The names of a protobuf enum's values as the broker writes them (the
@@ -54,21 +51,30 @@ impl ShortNames {
     /// Values from 0 up to this are named.
     const MAX: i32 = 255;
 
-    /// The names of the values `name` knows, its names starting `prefix`.
-    pub(crate) fn of(prefix: &str, name: impl Fn(i32) -> Option<&'static str>) -> Self {
+    /// The names of the values of `E`, whose names (`as_str_name`) start
+    /// with `prefix`.
+    pub(crate) fn of<E: TryFrom<i32>>(prefix: &str, as_str_name: fn(&E) -> &'static str) -> Self {
         ShortNames(
             (0..=Self::MAX)
-                .map(|v| name(v).map(|n| n.trim_start_matches(prefix).to_ascii_lowercase()))
+                .map(|v| {
+                    E::try_from(v).ok().map(|e| {
+                        as_str_name(&e)
+                            .trim_start_matches(prefix)
+                            .to_ascii_lowercase()
+                    })
+                })
                 .collect(),
         )
     }
 
-    /// The name of `value`, if it has one.
-    pub(crate) fn get(&self, value: i32) -> Option<&str> {
+    /// The name of `value`, or `unknown_<value>` for a value the enum does
+    /// not define.
+    pub(crate) fn name(&self, value: i32) -> String {
         usize::try_from(value)
             .ok()
             .and_then(|i| self.0.get(i))
             .and_then(Option::as_deref)
+            .map_or_else(|| format!("unknown_{value}"), str::to_owned)
     }
 }
 
