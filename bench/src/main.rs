@@ -24,6 +24,14 @@
 //!
 //! `docs/benchmarks.md` has the commands and one run's figures.
 
+/// jemalloc, as in the broker (`broker/src/main.rs`), for the load
+/// generator and the echo server (baseline A) alike: both share the two
+/// cores with the server under test, and with glibc's malloc the generator
+/// spent about a tenth of its CPU in `malloc_consolidate`, `unlink_chunk`
+/// and their kin.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod clients;
 mod echo;
 mod load;

@@ -12,6 +12,12 @@
 //!   system for the SQL transport and the conformance kit), and removes
 //!   them.
 
+/// jemalloc, as in the broker (`broker/src/main.rs`): the simulated
+/// departments share the benchmarks' two cores with the broker, and glibc's
+/// malloc spent their CPU in `malloc_consolidate` and `unlink_chunk`.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::{
     collections::BTreeMap,
     io::{BufWriter, IsTerminal, Read, Write},
