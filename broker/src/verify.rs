@@ -1750,14 +1750,13 @@ impl Verifier {
         // Each person hashed once (the applicant is a member, and declared
         // members are too), in the order first named, as `Audit::record`
         // would keep their hashes.
-        entry.subjects = distinct_in_order(
-            std::iter::once(&request.applicant_id)
-                .chain(report.members.iter().map(|m| &m.person_id))
-                .chain(request.declared_member_ids.iter()),
-        )
-        .into_iter()
-        .map(|id| key.subject(id))
-        .collect();
+        let mut named = std::collections::HashSet::new();
+        entry.subjects = std::iter::once(&request.applicant_id)
+            .chain(report.members.iter().map(|m| &m.person_id))
+            .chain(request.declared_member_ids.iter())
+            .filter(|id| named.insert(*id))
+            .map(|id| key.subject(id))
+            .collect();
         entry.sources = report
             .sources
             .iter()
@@ -1772,27 +1771,6 @@ impl Verifier {
         entry.latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         entry
     }
-}
-
-/// `ids` without repeats, in the order first named: compared in turn while
-/// few (a household), through a hash set beyond.
-fn distinct_in_order<'a>(ids: impl IntoIterator<Item = &'a String>) -> Vec<&'a String> {
-    const FEW: usize = 32;
-    let mut out: Vec<&String> = Vec::new();
-    let mut seen: Option<std::collections::HashSet<&String>> = None;
-    for id in ids {
-        let new = match &mut seen {
-            Some(set) => set.insert(id),
-            None => !out.contains(&id),
-        };
-        if new {
-            out.push(id);
-            if seen.is_none() && out.len() > FEW {
-                seen = Some(out.iter().copied().collect());
-            }
-        }
-    }
-    out
 }
 
 /// A protobuf duration as a std one; `None` when it is negative or its
@@ -1985,26 +1963,6 @@ mod tests {
     use super::*;
 
     const APPLICANT: &str = "11010519491231002X";
-
-    #[test]
-    fn distinct_in_order_keeps_first_mentions_few_or_many() {
-        let ids: Vec<String> = ["b", "a", "b", "c", "a"].map(String::from).into();
-        let got: Vec<&str> = distinct_in_order(&ids)
-            .into_iter()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(got, ["b", "a", "c"]);
-        // Past the threshold the hash set takes over: same answer.
-        let many: Vec<String> = (0..100)
-            .chain(0..100)
-            .map(|i| format!("p{}", i % 70))
-            .collect();
-        let got: Vec<&String> = distinct_in_order(&many);
-        let want: Vec<String> = (0..70).map(|i| format!("p{i}")).collect();
-        assert_eq!(got.len(), 70);
-        assert!(got.iter().zip(&want).all(|(g, w)| *g == w));
-        assert!(distinct_in_order(&Vec::<String>::new()).is_empty());
-    }
 
     /// A household source that registers the applicant alone, with answers
     /// as of `age` ago.
